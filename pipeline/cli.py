@@ -1,0 +1,71 @@
+"""`python -m pipeline`: one Typer command per stage, each a thin wrapper over a plain function.
+
+Stage modules are imported inside the commands so that `--help` is instant and
+`predict` never pulls in torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipeline import __version__, paths
+from pipeline.errors import PipelineError
+
+app = typer.Typer(
+    help="Reproducible text classification: download -> tokenize -> train -> evaluate -> export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsFile = Annotated[Path, typer.Option("--params", "-p", help="Params file to read.", dir_okay=False)]
+
+
+@contextmanager
+def reported_errors() -> Iterator[None]:
+    """A PipelineError becomes one line on stderr and exit code 1; bugs keep their traceback."""
+    try:
+        yield
+    except PipelineError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"pipeline {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """Reproducible text classification: download -> tokenize -> train -> evaluate -> export."""
+
+
+@app.command()
+def download(
+    params: ParamsFile = paths.PARAMS,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for {train,validation,test}.parquet.")] = paths.RAW_DIR,
+    report: Annotated[Path, typer.Option(help="Where to write the data report (JSON).")] = paths.DATA_REPORT,
+) -> None:
+    """Fetch `download.source` and write clean train/validation/test splits (text, label)."""
+    with reported_errors():
+        from pipeline.download import run_download
+        from pipeline.params import load_params
+
+        result = run_download(load_params(params).download, out, report)
+        rows = ", ".join(f"{split} {result[split]['rows']:,}" for split in ("train", "validation", "test"))
+        typer.echo(f"download: {rows} rows; {len(result['classes'])} classes -> {out}")
+
+
+def main() -> None:
+    app()

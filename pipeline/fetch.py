@@ -1,0 +1,132 @@
+"""Getting source bytes onto local disk: HTTP downloads and safe archive extraction."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import shutil
+import stat
+import tarfile
+import urllib.error
+import urllib.parse
+import urllib.request
+import zipfile
+import zlib
+from pathlib import Path, PurePosixPath
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+CHUNK_BYTES = 1 << 20
+LOCAL_HINT = "download it yourself and set download.source to the local path"
+
+
+def is_url(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def is_archive(path: Path) -> bool:
+    return path.name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_sha256(actual: str, expected: str | None, what: str) -> None:
+    if expected is not None and actual != expected:
+        raise PipelineError(
+            f"checksum mismatch for {what}: expected sha256 {expected}, got {actual}; "
+            "the file changed or download.sha256 is wrong"
+        )
+
+
+def download_url(url: str, dest_dir: Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
+    """Stream `url` into `dest_dir`, verifying length and checksum before the final rename."""
+    name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
+    target = dest_dir / name
+    partial = dest_dir / f".{name}.part"
+    request = urllib.request.Request(url, headers={"User-Agent": f"textclf-pipeline/{__version__}"})
+    digest = hashlib.sha256()
+    received = 0
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, partial.open("wb") as out:
+            expected_length = response.headers.get("Content-Length")
+            while chunk := response.read(CHUNK_BYTES):
+                digest.update(chunk)
+                out.write(chunk)
+                received += len(chunk)
+        if expected_length is not None and received != int(expected_length):
+            raise http.client.IncompleteRead(b"", int(expected_length) - received)
+    except urllib.error.HTTPError as exc:
+        partial.unlink(missing_ok=True)
+        raise PipelineError(f"download failed: HTTP {exc.code} {exc.reason} for {url}; check the URL or {LOCAL_HINT}") from None
+    except urllib.error.URLError as exc:
+        partial.unlink(missing_ok=True)
+        raise PipelineError(f"could not reach {url}: {exc.reason}; check the network or {LOCAL_HINT}") from None
+    except (http.client.IncompleteRead, ConnectionError, TimeoutError) as exc:
+        partial.unlink(missing_ok=True)
+        what = f"got {received} bytes, {exc.expected} missing" if isinstance(exc, http.client.IncompleteRead) else str(exc)
+        raise PipelineError(f"download of {url} was cut short ({what}); try again or {LOCAL_HINT}") from None
+    try:
+        check_sha256(digest.hexdigest(), sha256, url)
+    except PipelineError:
+        partial.unlink(missing_ok=True)
+        raise
+    partial.rename(target)
+    return target
+
+
+def _inside(dest: Path, name: str) -> bool:
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts:
+        return False
+    return (dest / pure).resolve().is_relative_to(dest.resolve())
+
+
+def _refuse(archive: Path, member: str, why: str) -> PipelineError:
+    return PipelineError(f"unsafe archive {archive.name}: entry {member!r} {why}; refusing to extract it")
+
+
+def extract_archive(archive: Path, dest: Path) -> Path:
+    """Extract a .tar(.gz)/.tgz/.zip into `dest`, refusing links and entries outside it.
+
+    Returns the folder that holds the data: `dest`, or the single folder inside it
+    when the archive wraps everything in one top-level folder (as aclImdb does).
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        if archive.name.lower().endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                for info in zf.infolist():
+                    if stat.S_ISLNK(info.external_attr >> 16):
+                        raise _refuse(archive, info.filename, "is a link")
+                    if not _inside(dest, info.filename):
+                        raise _refuse(archive, info.filename, "would land outside the target folder")
+                zf.extractall(dest)
+        else:
+            with tarfile.open(archive, "r:*") as tar:
+                members = tar.getmembers()
+                for member in members:
+                    if member.issym() or member.islnk():
+                        raise _refuse(archive, member.name, "is a link")
+                    if not (member.isfile() or member.isdir()):
+                        raise _refuse(archive, member.name, "is not a regular file or folder")
+                    if not _inside(dest, member.name):
+                        raise _refuse(archive, member.name, "would land outside the target folder")
+                tar.extractall(dest, members=members, filter="data")
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
+        shutil.rmtree(dest, ignore_errors=True)
+        raise PipelineError(f"cannot read archive {archive.name}: {exc}; the file is corrupt, truncated or not an archive") from None
+    root = dest
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+        if len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+        else:
+            return root

@@ -1,0 +1,125 @@
+"""Typed, strictly validated params.yaml.
+
+Every default lives here, one line each; params.yaml repeats them so DVC can
+track each key. An unknown key, a wrong type or a value out of range is a
+PipelineError that names the key path, e.g. ``tokenize.min_freq``.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import PipelineError
+from pipeline.paths import PARAMS
+
+class Section(BaseModel):
+    # strict: no silent "yes" -> True or 2.5 -> 2; extra="forbid": typos are errors.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SplitNames(Section):
+    """Names of the splits in the source (HF split, file stem or folder name)."""
+
+    train: str = "train"
+    validation: str | None = None  # None: any of validation/valid/val/dev, else carved from train
+    test: str = "test"
+
+
+class DownloadParams(Section):
+    source: str = "hf:fancyzhx/ag_news"  # hf:<id>, http(s) URL, or a local file, folder or archive
+    hf_config: str | None = None  # Hugging Face dataset config name
+    splits: SplitNames = SplitNames()
+    sha256: str | None = None  # checksum of the downloaded (or local) file, verified before use
+    encoding: str = "utf-8"  # encoding of text files (CSV, TSV, JSON Lines, .txt)
+    text_columns: list[str] = Field(default=["text"], min_length=1)  # several are joined with a space
+    label_column: str = "label"
+    column_names: list[str] | None = None  # for headerless CSV/TSV: the names of its columns
+    label_names: dict[str | int, str] | None = None  # raw label -> class name, e.g. {1: World}
+    validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # of train, when the source has no validation split
+    test_fraction: float = Field(default=0.2, gt=0, lt=1)  # of all rows, for single-file sources
+    max_rows: int | None = Field(default=None, ge=2)  # per split, stratified sample, for quick runs
+    seed: int = 42
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
+            raise ValueError("must be 64 hexadecimal characters (a SHA-256 digest)")
+        return value.lower() if value else value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"unknown text encoding {value!r} (e.g. utf-8, latin-1, cp1252)") from None
+        return value
+
+    @field_validator("label_names")
+    @classmethod
+    def _string_keys(cls, value: dict[str | int, str] | None) -> dict[str | int, str] | None:
+        # Raw labels are compared as strings, whatever YAML made of the keys.
+        return {str(k): v for k, v in value.items()} if value is not None else None
+
+
+class TokenizeParams(Section):
+    language: str = "en"  # spaCy language code for spacy.blank (rule-based tokenizer, no model download)
+    lowercase: bool = True
+    strip_html: bool = True  # replace HTML tags such as IMDB's <br /> with a space
+    max_tokens: int = Field(default=400, ge=1)  # longer documents are truncated
+    min_freq: int = Field(default=2, ge=1)  # rarer train tokens become <unk>
+    max_vocab: int | None = Field(default=50_000, ge=3)  # including <pad> and <unk>
+    workers: int | None = Field(default=None, ge=1)  # None: every core
+    batch_size: int = Field(default=256, ge=1)  # documents per worker task
+
+
+class Params(Section):
+    download: DownloadParams = DownloadParams()
+    tokenize: TokenizeParams = TokenizeParams()
+
+
+def describe_error(error: dict[str, Any]) -> str:
+    """One pydantic error as 'key.path: what is wrong (got value)'."""
+    key = ".".join(str(part) for part in error["loc"] if part != "[key]")
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    message = error["msg"]
+    if message.startswith("Value error, "):
+        message = message[len("Value error, ") :]
+    return f"{key}: {message} (got {error['input']!r})"
+
+
+def parse_params(data: Any, origin: str = "params.yaml") -> Params:
+    """Validate an already-parsed params mapping."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PipelineError(f"{origin}: expected a mapping of sections (download:, tokenize:, ...)")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(describe_error(e) for e in exc.errors())
+        raise PipelineError(f"{origin}: {problems}. Fix it in {origin} (or in your -S override).") from None
+
+
+def load_params(path: Path = PARAMS) -> Params:
+    """Read and validate params.yaml (YAML 1.2, as DVC writes it: 1e-4 is a float)."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
+    if not path.is_file():
+        raise PipelineError(f"{path}: no such params file; run from the project root or pass --params")
+    try:
+        data = YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+    except YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise PipelineError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    return parse_params(data, origin=str(path))
+

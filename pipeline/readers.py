@@ -1,0 +1,158 @@
+"""Reading labelled text from files and folders into DataFrames.
+
+Formats: CSV, TSV, JSON Lines, Parquet, and a folder tree <split>/<label>/*.txt.
+Text is decoded by us, not by pandas, so an undecodable byte is reported with
+its file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.errors import PipelineError
+from pipeline.params import SplitNames
+
+TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
+VALIDATION_ALIASES = ("validation", "valid", "val", "dev")
+SUPPORTED = "CSV (.csv), TSV (.tsv), JSON Lines (.jsonl), Parquet (.parquet), an archive (.tar.gz, .tgz, .zip) or a folder"
+
+
+def table_format(path: Path) -> str | None:
+    return TABLE_FORMATS.get(path.suffix.lower())
+
+
+def decode(path: Path, encoding: str) -> str:
+    data = path.read_bytes()
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PipelineError(
+            f"{path}: line {line} is not valid {encoding} ({exc.reason}); "
+            "set download.encoding to the file's encoding (e.g. latin-1 or cp1252)"
+        ) from None
+    return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first column's name
+
+
+def read_table(path: Path, encoding: str = "utf-8", column_names: list[str] | None = None) -> pd.DataFrame:
+    """Read one table file; every column comes back as strings except in Parquet."""
+    fmt = table_format(path)
+    if fmt is None:
+        raise PipelineError(f"{path}: unknown format {path.suffix or '(no suffix)'!r}; supported: {SUPPORTED}")
+    if fmt == "parquet":
+        import pyarrow
+
+        try:
+            return pd.read_parquet(path)
+        except (pyarrow.ArrowException, OSError) as exc:
+            raise PipelineError(f"{path}: not a readable Parquet file ({exc})") from None
+    text = decode(path, encoding)
+    if fmt == "jsonl":
+        return _read_jsonl(path, text)
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep="\t" if fmt == "tsv" else ",",
+            dtype=str,
+            keep_default_na=False,  # "NA" or "null" in a review is text, not a missing value
+            header=None if column_names else "infer",
+            names=column_names,
+            index_col=False,
+            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+        )
+    except pd.errors.EmptyDataError:
+        raise PipelineError(f"{path}: the file is empty") from None
+    except (pd.errors.ParserError, ValueError) as exc:
+        hint = "; check download.column_names" if column_names else ""
+        raise PipelineError(f"{path}: cannot parse as {fmt.upper()}: {str(exc).strip()}{hint}") from None
+    return frame
+
+
+def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PipelineError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise PipelineError(f"{path}: line {number} is not a JSON object")
+        records.append(record)
+    if not records:
+        raise PipelineError(f"{path}: the file is empty")
+    return pd.DataFrame.from_records(records)
+
+
+def match_splits(available: list[str], names: SplitNames, where: str) -> dict[str, str]:
+    """Map our split names to the source's: train is required, validation and test optional."""
+    found: dict[str, str] = {}
+    if names.train not in available:
+        raise PipelineError(
+            f"no {names.train!r} split in {where} (found: {', '.join(sorted(available)) or 'nothing'}); "
+            "set download.splits.train or give a train file/folder"
+        )
+    found["train"] = names.train
+    if names.test in available:
+        found["test"] = names.test
+    elif names.test != "test":
+        raise PipelineError(f"no {names.test!r} split in {where}; fix download.splits.test")
+    if names.validation is not None:
+        if names.validation not in available:
+            raise PipelineError(f"no {names.validation!r} split in {where}; fix download.splits.validation")
+        found["validation"] = names.validation
+    else:
+        alias = next((a for a in VALIDATION_ALIASES if a in available), None)
+        if alias is not None:
+            found["validation"] = alias
+    return found
+
+
+def table_files(folder: Path) -> dict[str, Path]:
+    """Files in `folder` that we can read, by stem: {'train': .../train.csv, ...}."""
+    files: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and table_format(path) is not None:
+            if path.stem in files:
+                raise PipelineError(f"{folder}: both {files[path.stem].name} and {path.name}; keep one")
+            files[path.stem] = path
+    return files
+
+
+def tree_splits(folder: Path) -> dict[str, Path]:
+    """Sub-folders of `folder` that hold <label>/*.txt folders."""
+    return {
+        sub.name: sub
+        for sub in sorted(folder.iterdir())
+        if sub.is_dir() and any(label.is_dir() and any(label.glob("*.txt")) for label in sub.iterdir())
+    }
+
+
+def read_tree(split_dirs: dict[str, Path], encoding: str) -> dict[str, pd.DataFrame]:
+    """Read <split>/<label>/*.txt; label folders are those present in every split
+    (so IMDB's train/unsup, which has no test counterpart, is left out)."""
+    label_sets = [
+        {label.name for label in folder.iterdir() if label.is_dir() and any(label.glob("*.txt"))}
+        for folder in split_dirs.values()
+    ]
+    labels = sorted(set.intersection(*label_sets))
+    if not labels:
+        raise PipelineError(
+            f"no label folder is present in every split ({', '.join(str(p) for p in split_dirs.values())}); "
+            "expected <split>/<label>/*.txt"
+        )
+    frames = {}
+    for split, folder in split_dirs.items():
+        texts, names = [], []
+        for label in labels:
+            for path in sorted((folder / label).glob("*.txt")):
+                texts.append(decode(path, encoding))
+                names.append(label)
+        frames[split] = pd.DataFrame({"text": texts, "label": names})
+    return frames
