@@ -67,5 +67,24 @@ def download(
         typer.echo(f"download: {rows} rows; {len(result['classes'])} classes -> {out}")
 
 
+@app.command()
+def tokenize(
+    params: ParamsFile = paths.PARAMS,
+    raw: Annotated[Path, typer.Option(help="Folder with the download stage's splits.")] = paths.RAW_DIR,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for token ids, vocabulary and labels.")] = paths.PROCESSED_DIR,
+    report: Annotated[Path, typer.Option(help="Where to write the tokenize report (JSON).")] = paths.TOKENIZE_REPORT,
+) -> None:
+    """Tokenize with spaCy, build the vocabulary from train, and store token ids compactly."""
+    with reported_errors():
+        from pipeline.params import load_params
+        from pipeline.tokenizing import run_tokenize
+
+        result = run_tokenize(load_params(params).tokenize, raw, out, report)
+        typer.echo(
+            f"tokenize: {result['documents']:,} documents, {result['tokens']:,} tokens, vocab {result['vocab_size']:,}, "
+            f"{result['tokens_per_second']:,} tokens/s on {result['workers']} workers -> {out}"
+        )
+
+
 def main() -> None:
     app()

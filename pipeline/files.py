@@ -16,12 +16,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual permissions.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+FILE_MODE, DIR_MODE = 0o666 & ~_UMASK, 0o777 & ~_UMASK
+
 
 @contextmanager
 def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside `path`; it replaces `path` only if the block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, FILE_MODE)
     try:
         encoding = None if "b" in mode else "utf-8"
         with os.fdopen(fd, mode, encoding=encoding) as handle:
@@ -44,6 +50,7 @@ def staged_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target` that replaces `target` on success."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    os.chmod(staging, DIR_MODE)
     try:
         yield staging
     except BaseException:

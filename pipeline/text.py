@@ -1,0 +1,91 @@
+"""Text -> token hashes -> token ids, shared by `tokenize` and (later) `predict`.
+
+spaCy's rule-based tokenizer gives each token a 64-bit hash of its text (or of
+its lower-case form). We work on those hashes with NumPy and look strings up
+only once per new token, which keeps the per-token Python work near zero.
+No torch here: `predict` must run without it.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+
+PAD, UNK = "<pad>", "<unk>"
+PAD_ID, UNK_ID = 0, 1
+HTML_TAG = re.compile(r"<[^>]{1,40}>")
+
+
+@dataclass(frozen=True)
+class TextSettings:
+    """What turns a text into tokens; saved beside the vocabulary so inference repeats it exactly."""
+
+    language: str
+    lowercase: bool
+    strip_html: bool
+    max_tokens: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def make_tokenizer(language: str):
+    import spacy
+
+    try:
+        return spacy.blank(language).tokenizer
+    except (ImportError, KeyError, ValueError, OSError):
+        raise PipelineError(f"tokenize.language: spaCy has no language {language!r}; use a code such as en, de, fr, es") from None
+
+
+class Hasher:
+    """Tokenizes batches of texts into 64-bit token hashes, truncated to max_tokens."""
+
+    def __init__(self, settings: TextSettings):
+        from spacy.attrs import LOWER, ORTH
+
+        self.settings = settings
+        self.tokenizer = make_tokenizer(settings.language)
+        self.attr = LOWER if settings.lowercase else ORTH
+
+    def normalize(self, text: str) -> str:
+        return HTML_TAG.sub(" ", text) if self.settings.strip_html else text
+
+    def hash_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(concatenated hashes of kept tokens, full token count of each text before truncation)."""
+        limit = self.settings.max_tokens
+        pieces, lengths = [], np.empty(len(texts), dtype=np.int64)
+        for i, doc in enumerate(self.tokenizer.pipe(self.normalize(t) for t in texts)):
+            lengths[i] = len(doc)
+            pieces.append(doc.to_array(self.attr)[:limit])
+        hashes = np.concatenate(pieces).astype(np.uint64, copy=False) if pieces else np.empty(0, np.uint64)
+        return hashes, lengths
+
+    def string(self, token_hash: int) -> str:
+        return self.tokenizer.vocab.strings[token_hash]
+
+    def hash_of(self, token: str) -> int:
+        return self.tokenizer.vocab.strings.add(token)
+
+
+class HashLookup:
+    """Maps token hashes to vocabulary ids with one sorted array (no Python dict per token)."""
+
+    def __init__(self, hashes_by_id: np.ndarray):
+        # hashes_by_id[i] is the hash of token id i; ids 0 and 1 (<pad>, <unk>) are never looked up.
+        ids = np.arange(2, len(hashes_by_id), dtype=np.int32)
+        order = np.argsort(hashes_by_id[2:], kind="stable")
+        self.sorted_hashes = hashes_by_id[2:][order]
+        self.sorted_ids = ids[order]
+
+    def ids(self, hashes: np.ndarray) -> np.ndarray:
+        if len(self.sorted_hashes) == 0:
+            return np.full(len(hashes), UNK_ID, dtype=np.int32)
+        pos = np.searchsorted(self.sorted_hashes, hashes)
+        pos[pos == len(self.sorted_hashes)] = 0
+        found = self.sorted_hashes[pos] == hashes
+        return np.where(found, self.sorted_ids[pos], UNK_ID).astype(np.int32, copy=False)

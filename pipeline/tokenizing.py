@@ -1,0 +1,241 @@
+"""`tokenize` stage: data/raw/*.parquet -> token ids, vocabulary and labels in data/processed/.
+
+(Named tokenizing.py so that it can never shadow the standard library's `tokenize`.)
+
+Output, per split, in data/processed/<split>/:
+  ids.npy      int32, every document's token ids back to back
+  offsets.npy  int64, document i is ids[offsets[i]:offsets[i+1]]
+  labels.npy   int64 class ids (index into labels.json)
+These load with np.load(mmap_mode="r"), so later stages never build Python lists.
+Beside them: vocab.json (token, train count; list index = id), labels.json and
+text.json (the settings that turn text into tokens, for inference).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_file, staged_dir, write_json
+from pipeline.params import TokenizeParams
+from pipeline.paths import PROCESSED_DIR, RAW_DIR, TOKENIZE_REPORT
+from pipeline.text import PAD, UNK, UNK_ID, Hasher, HashLookup, TextSettings, make_tokenizer
+
+SPLITS = ("train", "validation", "test")
+REMAP_CHUNK = 1 << 22  # hashes mapped to ids per step, bounding memory
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# --- work done in each worker process -------------------------------------------------
+_hasher: Hasher | None = None
+_sent: set[int] = set()  # hashes whose strings this worker already sent to the parent
+
+
+def _init_worker(settings: TextSettings) -> None:
+    global _hasher, _sent
+    _hasher, _sent = Hasher(settings), set()
+
+
+def _hash_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """Token hashes and full lengths of a batch, its distinct hashes with counts, and new strings."""
+    assert _hasher is not None
+    hashes, lengths = _hasher.hash_batch(texts)
+    distinct, counts = np.unique(hashes, return_counts=True)
+    new = [h for h in distinct.tolist() if h not in _sent]
+    _sent.update(new)
+    return hashes, lengths, distinct, counts, {h: _hasher.string(h) for h in new}
+
+
+class Workers:
+    """Runs _hash_texts over batches in order, in-process or in a pool, with bounded work in flight."""
+
+    def __init__(self, settings: TextSettings, workers: int):
+        self.settings, self.workers, self.pool = settings, workers, None
+
+    def __enter__(self) -> Workers:
+        if self.workers == 1:
+            _init_worker(self.settings)
+        else:
+            # forkserver: no fork of a threaded parent (pyarrow), yet workers start fast
+            # because the server imports spaCy once.
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                context.set_forkserver_preload(["spacy", "pipeline.text"])
+            self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.settings,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def map(self, batches: Iterable[list[str]]) -> Iterator[tuple]:
+        if self.pool is None:
+            yield from map(_hash_texts, batches)
+            return
+        pending: deque = deque()
+        for batch in batches:
+            pending.append(self.pool.apply_async(_hash_texts, (batch,)))
+            if len(pending) >= 4 * self.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+# --- the stage ----------------------------------------------------------------------------
+def read_split_meta(path: Path) -> tuple[int, list[str]]:
+    """Row count and labels of a raw split, checking it is one of ours."""
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run the download stage first (python -m pipeline download)")
+    try:
+        table = pq.read_table(path, columns=["label"])
+        columns = pq.read_schema(path).names
+    except (pa.ArrowException, OSError) as exc:
+        raise PipelineError(f"{path}: not a readable Parquet file ({exc}); rerun download") from None
+    if "text" not in columns or "label" not in columns:
+        raise PipelineError(f"{path}: needs columns text and label (has {', '.join(columns)}); rerun download")
+    return table.num_rows, [str(x) for x in table.column("label").to_pylist()]
+
+
+def text_batches(path: Path, batch_size: int) -> Iterator[list[str]]:
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size, columns=["text"]):
+        yield [t or "" for t in batch.column(0).to_pylist()]
+
+
+def run_tokenize(
+    params: TokenizeParams,
+    raw_dir: Path = RAW_DIR,
+    out_dir: Path = PROCESSED_DIR,
+    report_path: Path = TOKENIZE_REPORT,
+    progress: bool | None = None,
+) -> dict:
+    """Tokenize every split, build the vocabulary from train, and write ids, vocab and labels."""
+    from tqdm import tqdm
+
+    settings = TextSettings(params.language, params.lowercase, params.strip_html, params.max_tokens)
+    make_tokenizer(settings.language)  # an unknown language fails before any work
+    meta = {split: read_split_meta(raw_dir / f"{split}.parquet") for split in SPLITS}
+    classes = sorted(set(meta["train"][1]))
+    class_ids = {name: i for i, name in enumerate(classes)}
+    for split in ("validation", "test"):
+        unseen = sorted(set(meta[split][1]) - set(classes))
+        if unseen:
+            raise PipelineError(f"{split} has labels that train does not have: {', '.join(unseen[:10])}; rerun download")
+    workers = params.workers or available_cores()
+
+    started = time.perf_counter()
+    strings: dict[int, str] = {}
+    lengths: dict[str, np.ndarray] = {}
+    train_distinct, train_counts = [], []
+    with staged_dir(out_dir) as staging, Workers(settings, workers) as pool:
+        for split in SPLITS:
+            rows = meta[split][0]
+            bar = tqdm(total=rows, desc=f"tokenize {split}", unit="doc", disable=None if progress is None else not progress)
+            split_lengths = []
+            with (staging / f"{split}.hashes").open("wb") as hashes_out:
+                for hashes, full_lengths, distinct, counts, new in pool.map(text_batches(raw_dir / f"{split}.parquet", params.batch_size)):
+                    hashes.tofile(hashes_out)
+                    split_lengths.append(full_lengths)
+                    strings.update(new)
+                    if split == "train":
+                        train_distinct.append(distinct)
+                        train_counts.append(counts)
+                    bar.update(len(full_lengths))
+            bar.close()
+            lengths[split] = np.concatenate(split_lengths) if split_lengths else np.empty(0, np.int64)
+        tokenize_seconds = time.perf_counter() - started
+
+        vocab = build_vocab(train_distinct, train_counts, strings, params.min_freq, params.max_vocab)
+        lookup = HashLookup(np.array([0, 0, *vocab["hashes"]], dtype=np.uint64))
+        unknown = {}
+        for split in SPLITS:
+            kept = np.minimum(lengths[split], settings.max_tokens)
+            unknown[split] = write_ids(staging, split, kept, lookup)
+            labels = np.array([class_ids[name] for name in meta[split][1]], dtype=np.int64)
+            np.save(staging / split / "labels.npy", labels)
+        write_vocab(staging / "vocab.json", vocab["tokens"], vocab["counts"], unknown["train"])
+        write_json(staging / "labels.json", classes)
+        write_json(staging / "text.json", settings.to_dict())
+
+    seconds = time.perf_counter() - started
+    total_tokens = int(sum(int(v.sum()) for v in lengths.values()))
+    kept_tokens = {s: int(np.minimum(lengths[s], settings.max_tokens).sum()) for s in SPLITS}
+    train_lengths = lengths["train"]
+    report = {
+        "vocab_size": len(vocab["tokens"]) + 2,
+        "classes": len(classes),
+        "documents": int(sum(len(v) for v in lengths.values())),
+        "tokens": total_tokens,
+        "oov_rate_validation": round(unknown["validation"] / max(kept_tokens["validation"], 1), 6),
+        "oov_rate_test": round(unknown["test"] / max(kept_tokens["test"], 1), 6),
+        "tokens_per_doc_p50": float(np.percentile(train_lengths, 50)),
+        "tokens_per_doc_p95": float(np.percentile(train_lengths, 95)),
+        "tokens_per_doc_max": int(train_lengths.max()),
+        "truncated_share": round(float((train_lengths > settings.max_tokens).mean()), 6),
+        "workers": workers,
+        "seconds": round(seconds, 3),
+        "tokens_per_second": round(total_tokens / tokenize_seconds),
+    }
+    write_json(report_path, report)
+    return report
+
+
+def build_vocab(distinct: list[np.ndarray], counts: list[np.ndarray], strings: dict[int, str], min_freq: int, max_vocab: int | None) -> dict:
+    """Train tokens with count >= min_freq, most frequent first, ties in string order."""
+    if distinct:
+        all_hashes, inverse = np.unique(np.concatenate(distinct), return_inverse=True)
+        totals = np.bincount(inverse, weights=np.concatenate(counts)).astype(np.int64)
+    else:
+        all_hashes, totals = np.empty(0, np.uint64), np.empty(0, np.int64)
+    keep = totals >= min_freq
+    entries = sorted(
+        ((strings[h], int(c), h) for h, c in zip(all_hashes[keep].tolist(), totals[keep].tolist())),
+        key=lambda e: (-e[1], e[0]),
+    )
+    if max_vocab is not None:
+        entries = entries[: max_vocab - 2]
+    return {"tokens": [e[0] for e in entries], "counts": [e[1] for e in entries], "hashes": [e[2] for e in entries]}
+
+
+def write_ids(staging: Path, split: str, kept: np.ndarray, lookup: HashLookup) -> int:
+    """Map the split's hash file to int32 ids in ids.npy with offsets; returns the <unk> count."""
+    folder = staging / split
+    folder.mkdir()
+    hashes_path = staging / f"{split}.hashes"
+    total = int(kept.sum())
+    hashes = np.memmap(hashes_path, dtype=np.uint64, mode="r") if total else np.empty(0, np.uint64)
+    ids = np.lib.format.open_memmap(folder / "ids.npy", mode="w+", dtype=np.int32, shape=(total,))
+    unknown = 0
+    for start in range(0, total, REMAP_CHUNK):
+        chunk = lookup.ids(np.asarray(hashes[start : start + REMAP_CHUNK]))
+        unknown += int((chunk == UNK_ID).sum())
+        ids[start : start + len(chunk)] = chunk
+    ids.flush()
+    del ids, hashes
+    hashes_path.unlink()
+    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(kept)]).astype(np.int64))
+    return unknown
+
+
+def write_vocab(path: Path, tokens: list[str], counts: list[int], unknown: int) -> None:
+    """One [token, train count] pair per line: readable, diffable, and the list index is the id."""
+    with atomic_file(path) as handle:
+        handle.write('{\n  "tokens": [\n')
+        lines = [json.dumps([PAD, 0]), json.dumps([UNK, unknown])]
+        lines += [json.dumps([t, c], ensure_ascii=False) for t, c in zip(tokens, counts)]
+        handle.write(",\n".join(f"    {line}" for line in lines))
+        handle.write("\n  ]\n}\n")
