@@ -32,7 +32,8 @@ def reported_errors() -> Iterator[None]:
     try:
         yield
     except PipelineError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
+        typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -122,7 +122,8 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                 tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        raise PipelineError(f"cannot read archive {archive.name}: {exc}; the file is corrupt, truncated or not an archive") from None
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"cannot read archive {archive.name}: {reason}; the file is corrupt, truncated or not an archive") from None
     root = dest
     while True:
         entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]

@@ -1,0 +1,120 @@
+"""Shared fixtures: params files, small datasets, a real HTTP server on 127.0.0.1, the CLI."""
+
+from __future__ import annotations
+
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def needs_shared(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (a user's clone has no ../shared)")
+    return path
+
+
+def write_params(folder: Path, **sections: dict) -> Path:
+    path = folder / "params.yaml"
+    path.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ...` as a user would, in `cwd`."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
+    """One line on stderr that names the problem, exit 1, no traceback."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+POSITIVE = ["a great film, truly wonderful", "loved it, brilliant acting", "superb and moving story", "excellent fun"]
+NEGATIVE = ["a dull film, truly awful", "hated it, terrible acting", "boring and lifeless story", "dreadful mess"]
+
+
+def labelled_rows(n: int, offset: int = 0) -> list[tuple[str, str]]:
+    """n rows, alternating pos/neg, each text unique."""
+    rows = []
+    for i in range(offset, offset + n):
+        pool, label = (POSITIVE, "pos") if i % 2 == 0 else (NEGATIVE, "neg")
+        rows.append((f"{pool[i % len(pool)]} number {i}", label))
+    return rows
+
+
+def write_csv(path: Path, rows: list[tuple[str, str]], header: tuple[str, str] | None = ("text", "label"), sep: str = ",") -> Path:
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, delimiter=sep)
+        if header:
+            writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def write_tree(root: Path, splits: dict[str, int], extra_labels: dict[str, str] | None = None) -> Path:
+    """<split>/<label>/<i>.txt files; extra_labels adds a label folder to one split only."""
+    for split, n in splits.items():
+        for i, (text, label) in enumerate(labelled_rows(n, offset=1000 if split == "test" else 0)):
+            path = root / split / label / f"{i:05d}.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    for split, label in (extra_labels or {}).items():
+        path = root / split / label / "0.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("unlabelled review", encoding="utf-8")
+    return root
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; /truncated/<file> promises the whole file but sends half of it."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/truncated/"):
+            data = (Path(self.directory) / self.path.removeprefix("/truncated/")).read_bytes()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        super().do_GET()
+
+
+@pytest.fixture
+def http_server(tmp_path: Path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/www; yields (base URL, folder)."""
+    www = tmp_path / "www"
+    www.mkdir()
+    handler = lambda *a, **kw: _Handler(*a, directory=str(www), **kw)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", www
+    server.shutdown()
+    server.server_close()
