@@ -10,9 +10,9 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from pipeline.errors import PipelineError
 from pipeline.paths import PARAMS
@@ -79,9 +79,43 @@ class TokenizeParams(Section):
     batch_size: int = Field(default=256, ge=1)  # documents per worker task
 
 
+class BagParams(Section):
+    ngram: int = Field(default=2, ge=1, le=4)  # 2: words and hashed word bigrams (fastText's wordNgrams)
+    buckets: int = Field(default=2_000_000, ge=1)  # hash buckets for the n-grams (fastText's bucket)
+    sparse: bool = True  # sparse embedding gradients: each step updates only the rows a batch used
+
+
+class CnnParams(Section):
+    filters: int = Field(default=100, ge=1)  # per width
+    widths: list[PositiveInt] = Field(default=[3, 4, 5], min_length=1)  # tokens per filter
+
+
+class LstmParams(Section):
+    hidden: int = Field(default=128, ge=1)  # per direction
+    layers: int = Field(default=1, ge=1)
+
+
+class TransformerParams(Section):
+    layers: int = Field(default=2, ge=1)
+    heads: int = Field(default=4, ge=1)
+    ff_dim: int = Field(default=256, ge=1)
+    max_positions: int = Field(default=1024, ge=1)  # longer inputs are cut here
+
+
+class ModelParams(Section):
+    arch: Literal["bag", "cnn", "lstm", "transformer"] = "bag"
+    embed_dim: int = Field(default=64, ge=1)
+    dropout: float = Field(default=0.2, ge=0, lt=1)
+    bag: BagParams = BagParams()
+    cnn: CnnParams = CnnParams()
+    lstm: LstmParams = LstmParams()
+    transformer: TransformerParams = TransformerParams()
+
+
 class Params(Section):
     download: DownloadParams = DownloadParams()
     tokenize: TokenizeParams = TokenizeParams()
+    model: ModelParams = ModelParams()
 
 
 def describe_error(error: dict[str, Any]) -> str:

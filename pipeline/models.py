@@ -1,0 +1,148 @@
+"""The four architectures behind one interface: forward(ids, lengths) -> logits.
+
+ids: int64 (batch, time), right-padded with 0 (<pad>); lengths: int64 (batch,).
+Every model gives finite logits for any input, an empty text (length 0) included.
+Only plain tensor ops are used so that every model exports to ONNX.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from pipeline.params import ModelParams
+
+NGRAM_PRIME = 1_000_003  # mixes token ids into an n-gram hash
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over time of (batch, time, dim) where mask is true; zeros for an empty row."""
+    weights = mask.unsqueeze(-1).to(values.dtype)
+    return (values * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def padding_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    return torch.arange(ids.shape[1], device=ids.device).unsqueeze(0) < lengths.unsqueeze(1)
+
+
+class Bag(nn.Module):
+    """fastText: the mean of token and hashed word n-gram embeddings, then a linear layer."""
+
+    def __init__(self, vocab_size: int, num_classes: int, config: ModelParams):
+        super().__init__()
+        self.vocab_size, self.ngram, self.buckets = vocab_size, config.bag.ngram, config.bag.buckets
+        rows = vocab_size + (self.buckets if self.ngram > 1 else 0)
+        # sparse gradients: an optimizer step touches only the rows a batch used
+        self.embedding = nn.Embedding(rows, config.embed_dim, padding_idx=0, sparse=config.bag.sparse)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.embed_dim, num_classes)
+        nn.init.uniform_(self.embedding.weight, -1 / config.embed_dim, 1 / config.embed_dim)
+
+    def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mask = padding_mask(ids, lengths)
+        features, masks = [ids], [mask]
+        for n in range(2, self.ngram + 1):
+            width = ids.shape[1] - n + 1
+            if width <= 0:
+                break
+            hashed = ids[:, :width]
+            for k in range(1, n):
+                hashed = (hashed * NGRAM_PRIME + ids[:, k : k + width]) % self.buckets  # never overflows int64
+            features.append(hashed + self.vocab_size)
+            masks.append(mask[:, n - 1 : n - 1 + width])
+        return torch.cat(features, 1), torch.cat(masks, 1)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        features, mask = self.features(ids, lengths)
+        return self.classifier(self.dropout(masked_mean(self.embedding(features), mask)))
+
+
+class TextCNN(nn.Module):
+    """Kim (2014): convolutions of several widths, max over time, dropout, linear."""
+
+    def __init__(self, vocab_size: int, num_classes: int, config: ModelParams):
+        super().__init__()
+        self.widths = config.cnn.widths
+        self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=0)
+        self.convs = nn.ModuleList(nn.Conv1d(config.embed_dim, config.cnn.filters, w) for w in self.widths)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(config.cnn.filters * len(self.widths), num_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # Every window that starts on a token must exist whatever the batch's padding, so pad
+        # by the widest filter; <pad> embeds to zeros. An empty text keeps the window at 0.
+        widest = max(self.widths)
+        ids = nn.functional.pad(ids, (0, max(widest - 1, widest - ids.shape[1])))
+        x = self.embedding(ids).transpose(1, 2)
+        starts = padding_mask(ids, lengths.clamp(min=1))
+        pooled = []
+        for conv in self.convs:
+            h = torch.relu(conv(x))
+            pooled.append(h.masked_fill(~starts[:, : h.shape[2]].unsqueeze(1), float("-inf")).amax(2))
+        return self.classifier(self.dropout(torch.cat(pooled, 1)))
+
+
+class BiLSTM(nn.Module):
+    """Bidirectional LSTM over packed sequences; final states of both directions."""
+
+    def __init__(self, vocab_size: int, num_classes: int, config: ModelParams):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=0)
+        self.lstm = nn.LSTM(
+            config.embed_dim,
+            config.lstm.hidden,
+            num_layers=config.lstm.layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=config.dropout if config.lstm.layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(2 * config.lstm.hidden, num_classes)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        # an empty text is read as one <pad> token: packing needs length >= 1
+        if ids.shape[1] == 0:
+            ids = nn.functional.pad(ids, (0, 1))
+        packed = nn.utils.rnn.pack_padded_sequence(
+            self.embedding(ids), lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        )
+        _, (hidden, _) = self.lstm(packed)
+        return self.classifier(self.dropout(torch.cat([hidden[-2], hidden[-1]], 1)))
+
+
+class Transformer(nn.Module):
+    """Encoder with learned positions and a padding mask; a learned [CLS]-like summary token."""
+
+    def __init__(self, vocab_size: int, num_classes: int, config: ModelParams):
+        super().__init__()
+        t = config.transformer
+        self.max_positions = t.max_positions
+        self.embedding = nn.Embedding(vocab_size, config.embed_dim, padding_idx=0)
+        self.positions = nn.Embedding(t.max_positions + 1, config.embed_dim)
+        self.summary = nn.Parameter(torch.zeros(1, 1, config.embed_dim))
+        layer = nn.TransformerEncoderLayer(
+            config.embed_dim, t.heads, t.ff_dim, config.dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.encoder = nn.TransformerEncoder(layer, t.layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(config.embed_dim)
+        self.classifier = nn.Linear(config.embed_dim, num_classes)
+        self.scale = math.sqrt(config.embed_dim)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        ids = ids[:, : self.max_positions]
+        batch, time = ids.shape
+        positions = torch.arange(time + 1, device=ids.device).unsqueeze(0)
+        x = torch.cat([self.summary.expand(batch, -1, -1), self.embedding(ids) * self.scale], 1) + self.positions(positions)
+        # the summary token is never masked, so even an empty text attends to something
+        keep = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=ids.device), padding_mask(ids, lengths)], 1)
+        h = self.encoder(x, src_key_padding_mask=~keep)
+        return self.classifier(self.norm(h[:, 0]))
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {"bag": Bag, "cnn": TextCNN, "lstm": BiLSTM, "transformer": Transformer}
+
+
+def build_model(config: ModelParams, vocab_size: int, num_classes: int) -> nn.Module:
+    return ARCHITECTURES[config.arch](vocab_size, num_classes, config)

@@ -1,0 +1,91 @@
+"""Each architecture: valid output for any input, padding has no effect, and it learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.models import ARCHITECTURES, build_model
+from pipeline.params import ModelParams, parse_params
+
+SMALL = {
+    "embed_dim": 16,
+    "dropout": 0.1,
+    "bag": {"buckets": 1000, "sparse": False},
+    "cnn": {"filters": 8, "widths": [2, 3]},
+    "lstm": {"hidden": 8},
+    "transformer": {"layers": 1, "heads": 2, "ff_dim": 32, "max_positions": 64},
+}
+VOCAB, CLASSES = 50, 3
+
+
+def small_model(arch: str, **overrides) -> torch.nn.Module:
+    torch.manual_seed(0)
+    config = ModelParams.model_validate({**SMALL, "arch": arch, **overrides})
+    return build_model(config, VOCAB, CLASSES)
+
+
+def pad(docs: list[list[int]], extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max([len(d) for d in docs] + [0]) + extra
+    ids = torch.zeros(len(docs), width, dtype=torch.long)
+    for i, doc in enumerate(docs):
+        ids[i, : len(doc)] = torch.tensor(doc, dtype=torch.long)
+    return ids, torch.tensor([len(d) for d in docs])
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_any_input_gives_finite_logits(arch):
+    model = small_model(arch).eval()
+    for docs in ([[]], [[], [5]], [[7], [1, 2, 3, 4, 5, 6, 7, 8]], [[2] * 200]):
+        logits = model(*pad(docs))
+        assert logits.shape == (len(docs), CLASSES)
+        assert torch.isfinite(logits).all(), (arch, docs)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_padding_does_not_change_the_output(arch):
+    model = small_model(arch).eval()
+    docs = [[3, 4, 5], [6, 7, 8, 9, 10, 11], [12]]
+    with torch.no_grad():
+        tight = model(*pad(docs))
+        loose = model(*pad(docs, extra=9))
+    torch.testing.assert_close(tight, loose, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_learns_separable_data(arch):
+    """Class c's texts use tokens from its own range: a model must beat chance clearly."""
+    generator = torch.Generator().manual_seed(1)
+    docs, labels = [], []
+    for i in range(240):
+        label = i % CLASSES
+        length = int(torch.randint(1, 12, (1,), generator=generator))
+        docs.append((torch.randint(2 + 15 * label, 2 + 15 * (label + 1), (length,), generator=generator)).tolist())
+        labels.append(label)
+    ids, lengths = pad(docs)
+    y = torch.tensor(labels)
+    model = small_model(arch, dropout=0.0)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    for _ in range(60):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(ids, lengths), y).backward()
+        optimizer.step()
+    model.eval()
+    accuracy = (model(ids, lengths).argmax(1) == y).float().mean().item()
+    assert accuracy > 0.9, (arch, accuracy)
+
+
+def test_bag_ngrams_hash_into_their_own_rows():
+    model = small_model("bag", bag={"ngram": 3, "buckets": 97, "sparse": True})
+    features, mask = model.features(*pad([[5, 6, 7, 8]]))
+    unigrams, ngrams = features[0, :4], features[0, 4:][mask[0, 4:]]
+    assert unigrams.tolist() == [5, 6, 7, 8]
+    assert len(ngrams) == 3 + 2  # bigrams and trigrams of 4 tokens
+    assert ((ngrams >= VOCAB) & (ngrams < VOCAB + 97)).all()
+
+
+def test_model_params_are_validated():
+    with pytest.raises(Exception, match="model.arch"):
+        parse_params({"model": {"arch": "rnn"}})
+    with pytest.raises(Exception, match="model.cnn.widths.0"):
+        parse_params({"model": {"cnn": {"widths": [0, 3]}}})
