@@ -14,7 +14,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.fetch import check_sha256, download_url, extract_archive, is_archive, is_url, sha256_of
 from pipeline.files import staged_dir, write_json
 from pipeline.params import DownloadParams
@@ -118,9 +118,8 @@ def load_hf(params: DownloadParams) -> dict[str, tuple[pd.DataFrame, str]]:
     try:
         loaded = datasets.load_dataset(name, params.hf_config)
     except Exception as exc:  # datasets raises many types (hub, network, builder); all mean "cannot load"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise PipelineError(
-            f"could not load Hugging Face dataset {name!r}: {reason}; check the id and network, "
+            f"could not load Hugging Face dataset {name!r}: {first_line(exc)}; check the id and network, "
             "or set download.source to a local file or folder"
         ) from None
     mapping = match_splits(list(loaded.keys()), params.splits, params.source)

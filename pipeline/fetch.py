@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from pipeline import __version__
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 CHUNK_BYTES = 1 << 20
@@ -122,8 +122,7 @@ def extract_archive(archive: Path, dest: Path) -> Path:
                 tar.extractall(dest, members=members, filter="data")
     except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
         shutil.rmtree(dest, ignore_errors=True)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise PipelineError(f"cannot read archive {archive.name}: {reason}; the file is corrupt, truncated or not an archive") from None
+        raise PipelineError(f"cannot read archive {archive.name}: {first_line(exc)}; the file is corrupt, truncated or not an archive") from None
     root = dest
     while True:
         entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
