@@ -68,9 +68,6 @@ class Hasher:
     def string(self, token_hash: int) -> str:
         return self.tokenizer.vocab.strings[token_hash]
 
-    def hash_of(self, token: str) -> int:
-        return self.tokenizer.vocab.strings.add(token)
-
 
 class HashLookup:
     """Maps token hashes to vocabulary ids with one sorted array (no Python dict per token)."""

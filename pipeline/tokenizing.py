@@ -102,12 +102,12 @@ def read_split_meta(path: Path) -> tuple[int, list[str]]:
     if not path.is_file():
         raise PipelineError(f"{path} not found; run the download stage first (python -m pipeline download)")
     try:
-        table = pq.read_table(path, columns=["label"])
         columns = pq.read_schema(path).names
+        if "text" not in columns or "label" not in columns:
+            raise PipelineError(f"{path}: needs columns text and label (has {', '.join(columns)}); rerun download")
+        table = pq.read_table(path, columns=["label"])
     except (pa.ArrowException, OSError) as exc:
         raise PipelineError(f"{path}: not a readable Parquet file ({exc}); rerun download") from None
-    if "text" not in columns or "label" not in columns:
-        raise PipelineError(f"{path}: needs columns text and label (has {', '.join(columns)}); rerun download")
     return table.num_rows, [str(x) for x in table.column("label").to_pylist()]
 
 
@@ -141,29 +141,31 @@ def run_tokenize(
     strings: dict[int, str] = {}
     lengths: dict[str, np.ndarray] = {}
     train_distinct, train_counts = [], []
-    with staged_dir(out_dir) as staging, Workers(settings, workers) as pool:
-        for split in SPLITS:
-            rows = meta[split][0]
-            bar = tqdm(total=rows, desc=f"tokenize {split}", unit="doc", disable=None if progress is None else not progress)
-            split_lengths = []
-            with (staging / f"{split}.hashes").open("wb") as hashes_out:
-                for hashes, full_lengths, distinct, counts, new in pool.map(text_batches(raw_dir / f"{split}.parquet", params.batch_size)):
-                    hashes.tofile(hashes_out)
-                    split_lengths.append(full_lengths)
-                    strings.update(new)
-                    if split == "train":
-                        train_distinct.append(distinct)
-                        train_counts.append(counts)
-                    bar.update(len(full_lengths))
-            bar.close()
-            lengths[split] = np.concatenate(split_lengths) if split_lengths else np.empty(0, np.int64)
+    with staged_dir(out_dir) as staging:
+        with Workers(settings, workers) as pool:  # closed before the remap, which needs no workers
+            for split in SPLITS:
+                rows = meta[split][0]
+                bar = tqdm(total=rows, desc=f"tokenize {split}", unit="doc", disable=None if progress is None else not progress)
+                split_lengths = []
+                with (staging / f"{split}.hashes").open("wb") as hashes_out:
+                    for hashes, full_lengths, distinct, counts, new in pool.map(text_batches(raw_dir / f"{split}.parquet", params.batch_size)):
+                        hashes.tofile(hashes_out)
+                        split_lengths.append(full_lengths)
+                        strings.update(new)
+                        if split == "train":
+                            train_distinct.append(distinct)
+                            train_counts.append(counts)
+                        bar.update(len(full_lengths))
+                bar.close()
+                lengths[split] = np.concatenate(split_lengths) if split_lengths else np.empty(0, np.int64)
         tokenize_seconds = time.perf_counter() - started
 
         vocab = build_vocab(train_distinct, train_counts, strings, params.min_freq, params.max_vocab)
         lookup = HashLookup(np.array([0, 0, *vocab["hashes"]], dtype=np.uint64))
-        unknown = {}
+        unknown, kept_tokens = {}, {}
         for split in SPLITS:
             kept = np.minimum(lengths[split], settings.max_tokens)
+            kept_tokens[split] = int(kept.sum())
             unknown[split] = write_ids(staging, split, kept, lookup)
             labels = np.array([class_ids[name] for name in meta[split][1]], dtype=np.int64)
             np.save(staging / split / "labels.npy", labels)
@@ -173,7 +175,6 @@ def run_tokenize(
 
     seconds = time.perf_counter() - started
     total_tokens = int(sum(int(v.sum()) for v in lengths.values()))
-    kept_tokens = {s: int(np.minimum(lengths[s], settings.max_tokens).sum()) for s in SPLITS}
     train_lengths = lengths["train"]
     report = {
         "vocab_size": len(vocab["tokens"]) + 2,
