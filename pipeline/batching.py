@@ -19,6 +19,7 @@ class TokenizedSplit:
     """One split written by the tokenize stage, memory-mapped: nothing is copied until a batch is built."""
 
     def __init__(self, folder: Path):
+        self.folder = folder
         try:
             self.ids = np.load(folder / "ids.npy", mmap_mode="r")
             self.offsets = np.load(folder / "offsets.npy")
@@ -31,6 +32,9 @@ class TokenizedSplit:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __reduce__(self):  # loader workers reopen the files instead of copying the arrays
+        return TokenizedSplit, (self.folder,)
 
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(ids int64 (batch, longest), lengths int64, labels int64), right-padded with 0."""
@@ -47,6 +51,14 @@ def read_labels(processed: Path) -> list[str]:
     if not path.is_file():
         raise PipelineError(f"{path} not found; run the tokenize stage first")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_vocab_size(processed: Path) -> int:
+    path = processed / "vocab.json"
+    try:
+        return len(json.loads(path.read_text(encoding="utf-8"))["tokens"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PipelineError(f"{path}: cannot read the vocabulary ({exc}); run the tokenize stage first") from None
 
 
 def length_grouped_batches(

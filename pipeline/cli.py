@@ -87,5 +87,49 @@ def tokenize(
         )
 
 
+@app.command()
+def train(
+    params: ParamsFile = paths.PARAMS,
+    data: Annotated[Path, typer.Option(help="Folder written by the tokenize stage.")] = paths.PROCESSED_DIR,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for best.pt and last.pt.")] = paths.TRAIN_DIR,
+    report: Annotated[Path, typer.Option(help="Where to write the training report (JSON).")] = paths.TRAIN_REPORT,
+    live: Annotated[Path, typer.Option(help="DVCLive folder for the training curves.")] = paths.TRAIN_LIVE,
+    resume_dir: Annotated[Path, typer.Option(help="Resume state, kept until the run completes.")] = paths.TRAIN_RESUME,
+) -> None:
+    """Train `model.arch` with the `train` params; resumes an interrupted run with the same params."""
+    with reported_errors():
+        from pipeline.params import load_params
+        from pipeline.train import run_train
+
+        result = run_train(load_params(params), data, out, report, live, resume_dir)
+        typer.echo(
+            f"train: best validation {result['monitor']} {result['best_validation']:.4f} at epoch {result['best_epoch']:g}; "
+            f"{result['epochs']:g} epochs in {result['wall_seconds']:.0f} s, {result['samples_per_second']:,.0f} samples/s "
+            f"on {result['device']} ({result['precision']}) -> {out}"
+        )
+
+
+@app.command()
+def evaluate(
+    params: ParamsFile = paths.PARAMS,
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint to score.", dir_okay=False)] = paths.TRAIN_DIR / "best.pt",
+    data: Annotated[Path, typer.Option(help="Folder written by the tokenize stage.")] = paths.PROCESSED_DIR,
+    raw: Annotated[Path, typer.Option(help="Folder written by the download stage (for the texts of errors).")] = paths.RAW_DIR,
+    metrics: Annotated[Path, typer.Option(help="Where to write the test metrics (JSON).")] = paths.METRICS,
+    confusion: Annotated[Path, typer.Option(help="Where to write actual,predicted rows (CSV).")] = paths.CONFUSION,
+    errors: Annotated[Path, typer.Option(help="Where to write the most confident mistakes (CSV).")] = paths.ERRORS,
+) -> None:
+    """Score the best checkpoint on the test split: metrics, confusion rows and the worst errors."""
+    with reported_errors():
+        from pipeline.evaluate import run_evaluate
+        from pipeline.params import load_params
+
+        result = run_evaluate(load_params(params), checkpoint, data, raw / "test.parquet", metrics, confusion, errors)
+        typer.echo(
+            f"evaluate: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
+            f"loss {result['loss']:.4f} on {result['documents']:,} documents -> {metrics}"
+        )
+
+
 def main() -> None:
     app()

@@ -14,7 +14,12 @@ from torch import nn
 
 from pipeline.params import ModelParams
 
-NGRAM_PRIME = 1_000_003  # mixes token ids into an n-gram hash
+# n-gram hash: a polynomial over token ids modulo the Mersenne prime 2^31 - 1, then one
+# multiplicative scramble so that `% buckets` spreads n-grams evenly whatever `buckets` is.
+# Every product stays below 2^63: no int64 overflow, the same result in torch and ONNX.
+NGRAM_PRIME = 1_000_003
+NGRAM_MODULUS = 2**31 - 1
+NGRAM_SCRAMBLE = 48_271
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -49,8 +54,8 @@ class Bag(nn.Module):
                 break
             hashed = ids[:, :width]
             for k in range(1, n):
-                hashed = (hashed * NGRAM_PRIME + ids[:, k : k + width]) % self.buckets  # never overflows int64
-            features.append(hashed + self.vocab_size)
+                hashed = (hashed * NGRAM_PRIME + ids[:, k : k + width]) % NGRAM_MODULUS
+            features.append(hashed * NGRAM_SCRAMBLE % NGRAM_MODULUS % self.buckets + self.vocab_size)
             masks.append(mask[:, n - 1 : n - 1 + width])
         return torch.cat(features, 1), torch.cat(masks, 1)
 

@@ -10,12 +10,21 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
 from pipeline.errors import PipelineError
 from pipeline.paths import PARAMS
+
+def _known_device(value: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+        raise ValueError("must be auto, cpu, cuda, cuda:<index> or mps")
+    return value
+
+
+Device = Annotated[str, AfterValidator(_known_device)]
+
 
 class Section(BaseModel):
     # strict: no silent "yes" -> True or 2.5 -> 2; extra="forbid": typos are errors.
@@ -112,10 +121,42 @@ class ModelParams(Section):
     transformer: TransformerParams = TransformerParams()
 
 
+class TrainParams(Section):
+    seed: int = 0  # weights, dropout and batch order; the same seed gives the same metrics on CPU
+    device: Device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    batch_size: int = Field(default=64, ge=1)  # documents per optimizer step (before accumulation)
+    accumulate: int = Field(default=1, ge=1)  # batches per optimizer step
+    max_epochs: int = Field(default=5, ge=1)
+    lr: float = Field(default=0.01, gt=0)  # peak learning rate
+    weight_decay: float = Field(default=0.01, ge=0)  # AdamW, on dense weight matrices only
+    warmup: float = Field(default=0.05, ge=0, lt=1)  # share of all steps spent warming up linearly
+    schedule: Literal["cosine", "linear", "constant"] = "linear"  # decay after warmup
+    clip_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; null: off
+    label_smoothing: float = Field(default=0.0, ge=0, lt=1)
+    eval_every: int | None = Field(default=None, ge=1)  # validate every N optimizer steps; null: every epoch
+    monitor: Literal["loss", "accuracy", "macro_f1"] = "accuracy"  # validation metric for the best checkpoint
+    mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max otherwise
+    patience: int = Field(default=2, ge=0)  # validations without improvement before stopping
+    min_delta: float = Field(default=0.0, ge=0)  # smaller changes do not count as improvement
+    workers: int | None = Field(default=None, ge=0)  # batch-building processes; null: 0 on CPU, 4 on CUDA
+    compile: bool = False  # torch.compile the model (slow to start, faster on GPU)
+    threads: int | None = Field(default=None, ge=1)  # CPU threads for torch; null: every core
+
+
+class EvaluateParams(Section):
+    device: Device = "auto"
+    batch_size: int = Field(default=256, ge=1)
+    errors: int = Field(default=50, ge=0)  # most confident mistakes written to reports/errors.csv
+    error_chars: int = Field(default=300, ge=20)  # texts in errors.csv are cut here
+
+
 class Params(Section):
     download: DownloadParams = DownloadParams()
     tokenize: TokenizeParams = TokenizeParams()
     model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
 
 def describe_error(error: dict[str, Any]) -> str:

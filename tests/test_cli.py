@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
 import yaml
 from conftest import REPO, run_cli
@@ -17,7 +18,7 @@ runner = CliRunner()
 def test_help_lists_the_stage_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("download", "tokenize"):
+    for command in ("download", "tokenize", "train", "evaluate"):
         assert command in result.output
 
 
@@ -40,5 +41,9 @@ def test_dvc_yaml_passes_the_same_paths_as_the_defaults():
         for flag, value in given.items():
             assert str(defaults[flag.removeprefix("--")]) == value, (name, flag)
         outs = [next(iter(o)) if isinstance(o, dict) else o for o in stage.get("outs", []) + stage.get("metrics", [])]
-        assert sorted(outs) == sorted(v for f, v in given.items() if f != "--raw")
+        deps = [Path(d) for d in stage["deps"]]
+        inputs = [v for v in given.values() if v not in outs]
+        assert set(outs) <= set(given.values()), name  # every output is passed explicitly
+        for path in map(Path, inputs):  # every other path passed is a declared dependency (or inside one)
+            assert any(path == d or d in path.parents for d in deps), (name, path)
         assert name in stage["params"]  # stage name = params section

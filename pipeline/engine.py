@@ -1,0 +1,148 @@
+"""Torch plumbing shared by train, evaluate and export: devices, precision, batch loading,
+batched prediction and the checkpoint format.
+
+A checkpoint is one `torch.save`d dict of tensors and plain Python values, so it loads
+with `weights_only=True` (no pickled code runs):
+
+    format, pipeline_version   this layout's version, the package that wrote it
+    model_config, vocab_size,  everything `build_model` needs, and the class names
+    labels
+    model                      the weights (state_dict)
+    optimizers, step, epoch,   training state, for resuming: optimizer moments, optimizer
+    batch, rng, tracker,       steps taken, position in the epoch, torch RNG states,
+    history, fingerprint       early-stopping state, logged metrics, and what the run was for
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from pipeline import __version__
+from pipeline.batching import TokenizedSplit, length_grouped_batches
+from pipeline.errors import PipelineError, first_line
+from pipeline.files import atomic_file
+from pipeline.models import build_model
+from pipeline.params import ModelParams
+
+CHECKPOINT_FORMAT = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto`: CUDA when present, else CPU. An explicit device that is absent is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise PipelineError(f"device {name!r} is not available on this machine; set the device param to auto or cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise PipelineError("device 'mps' is not available on this machine; set the device param to auto or cpu")
+    return device
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """`auto`: bf16 autocast on CUDA, fp32 elsewhere."""
+    if name == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return name
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Batches(Dataset):
+    """Batch i of a fixed list of index batches, as tensors; built in loader workers when there are any."""
+
+    def __init__(self, split: TokenizedSplit, batches: list[np.ndarray]):
+        self.split, self.batches = split, batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(torch.from_numpy(array) for array in self.split.batch(self.batches[i]))
+
+
+def batch_loader(split: TokenizedSplit, batches: list[np.ndarray], device: torch.device, workers: int) -> DataLoader:
+    """Batches in the given order; padded in `workers` processes and pinned when feeding a GPU."""
+    return DataLoader(
+        _Batches(split, batches),
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=8 if workers else None,
+    )
+
+
+def to_device(tensors: tuple[torch.Tensor, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    # non_blocking: the copy from pinned memory overlaps the previous step's compute
+    return tuple(t.to(device, non_blocking=True) for t in tensors)
+
+
+@torch.no_grad()
+def predict_logits(
+    model: torch.nn.Module,
+    split: TokenizedSplit,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "fp32",
+    workers: int = 0,
+) -> np.ndarray:
+    """float32 logits (documents, classes) in the split's order."""
+    was_training = model.training
+    model.eval()
+    batches = length_grouped_batches(split.lengths, batch_size)
+    logits = np.zeros((len(split), 0), dtype=np.float32)
+    for indices, (ids, lengths, _) in zip(batches, batch_loader(split, batches, device, workers)):
+        ids, lengths = to_device((ids, lengths), device)
+        with autocast(device, precision):
+            out = model(ids, lengths).float().cpu().numpy()
+        if logits.shape[1] == 0:
+            logits = np.zeros((len(split), out.shape[1]), dtype=np.float32)
+        logits[indices] = out
+    model.train(was_training)
+    return logits
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Written to a temporary file and renamed: a kill mid-save keeps the previous checkpoint."""
+    with atomic_file(path, "wb") as handle:
+        torch.save({"format": CHECKPOINT_FORMAT, "pipeline_version": __version__, **state}, handle)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise PipelineError(f"{path} not found; run the train stage first")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise PipelineError(f"{path} is not a readable checkpoint ({first_line(exc)}); rerun the train stage") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise PipelineError(f"{path} is not a checkpoint of this pipeline (format {CHECKPOINT_FORMAT}); rerun the train stage")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
+    """The trained model on CPU, in eval mode."""
+    config = ModelParams.model_validate(checkpoint["model_config"])
+    model = build_model(config, checkpoint["vocab_size"], len(checkpoint["labels"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval()
+
+
+def default_threads() -> int:
+    """The cores this process may use (cgroup- and affinity-aware where the OS says)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1

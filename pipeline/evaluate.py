@@ -1,0 +1,89 @@
+"""`evaluate` stage: the best checkpoint on the test split -> metrics, confusion rows, worst errors.
+
+reports/metrics.json   accuracy, macro_f1, loss, documents, then <class>_precision,
+                       <class>_recall, <class>_f1 for every class (flat keys: `dvc metrics
+                       diff` lines them up across commits)
+reports/confusion.csv  actual,predicted per test document, by class name (DVC's confusion plot)
+reports/errors.csv     the most confident mistakes: text (cut), actual, predicted, confidence
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline.batching import TokenizedSplit, read_labels
+from pipeline.engine import default_threads, load_checkpoint, model_from_checkpoint, predict_logits, resolve_device
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_file, write_json
+from pipeline.metrics import classification_metrics, softmax
+from pipeline.params import Params
+
+
+def test_texts(raw_test: Path, expected: int) -> pd.Series:
+    try:
+        texts = pd.read_parquet(raw_test, columns=["text"])["text"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise PipelineError(f"{raw_test}: cannot read the test texts ({exc}); rerun the download stage") from None
+    if len(texts) != expected:
+        raise PipelineError(f"{raw_test} has {len(texts):,} rows but the tokenized test split {expected:,}; rerun dvc repro")
+    return texts
+
+
+def worst_errors(texts: pd.Series, logits: np.ndarray, actual: np.ndarray, labels: list[str], count: int, chars: int) -> pd.DataFrame:
+    """The `count` mistakes the model was surest of, most confident first."""
+    probabilities = softmax(logits.astype(np.float64))
+    predicted = probabilities.argmax(1)
+    wrong = np.flatnonzero(predicted != actual)
+    confidence = probabilities[wrong, predicted[wrong]]
+    picked = wrong[np.argsort(-confidence, kind="stable")[:count]]
+    cut = [text if len(text) <= chars else text[: chars - 1].rstrip() + "…" for text in texts.iloc[picked]]
+    names = np.asarray(labels, dtype=object)
+    return pd.DataFrame(
+        {
+            "text": cut,
+            "actual": names[actual[picked]],
+            "predicted": names[predicted[picked]],
+            "confidence": np.round(probabilities[picked, predicted[picked]], 4),
+        }
+    )
+
+
+def run_evaluate(
+    params: Params,
+    checkpoint_path: Path,
+    processed: Path,
+    raw_test: Path,
+    metrics_path: Path,
+    confusion_path: Path,
+    errors_path: Path,
+) -> dict[str, float]:
+    """Score the checkpoint on the test split and write the three reports."""
+    config = params.evaluate
+    torch.set_num_threads(default_threads())
+    checkpoint = load_checkpoint(checkpoint_path)
+    labels = read_labels(processed)
+    if list(checkpoint["labels"]) != labels:
+        raise PipelineError(f"{checkpoint_path} was trained on other classes than {processed}/labels.json; rerun the train stage")
+    test = TokenizedSplit(processed / "test")
+    if len(test) == 0:
+        raise PipelineError(f"{processed}/test is empty; check the download stage's output")
+    texts = test_texts(raw_test, len(test))
+
+    device = resolve_device(config.device)
+    model = model_from_checkpoint(checkpoint).to(device)
+    logits = predict_logits(model, test, config.batch_size, device)
+    actual = test.labels.astype(np.int64)
+    metrics = classification_metrics(logits, actual, labels)
+
+    names = np.asarray(labels, dtype=object)
+    with atomic_file(confusion_path) as handle:
+        pd.DataFrame({"actual": names[actual], "predicted": names[logits.argmax(1)]}).to_csv(handle, index=False)
+    with atomic_file(errors_path) as handle:
+        worst_errors(texts, logits, actual, labels, config.errors, config.error_chars).to_csv(handle, index=False)
+    write_json(metrics_path, metrics)
+    return metrics

@@ -1,0 +1,54 @@
+"""Classification metrics from class ids, NumPy only (train, evaluate and export share them)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def confusion_matrix(actual: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """counts[actual, predicted]."""
+    return np.bincount(actual * num_classes + predicted, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes
+    )
+
+
+def per_class_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Precision, recall and F1 per class; 0 where undefined (no predictions or no examples)."""
+    hits = np.diag(counts).astype(np.float64)
+    predicted, actual = counts.sum(0), counts.sum(1)
+    precision = np.divide(hits, predicted, out=np.zeros_like(hits), where=predicted > 0)
+    recall = np.divide(hits, actual, out=np.zeros_like(hits), where=actual > 0)
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(hits), where=total > 0)
+    return precision, recall, f1
+
+
+def cross_entropy(logits: np.ndarray, actual: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class, computed stably in float64."""
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    return float(-log_probs[np.arange(len(actual)), actual].mean()) if len(actual) else 0.0
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(-1, keepdims=True))
+    return shifted / shifted.sum(-1, keepdims=True)
+
+
+def classification_metrics(logits: np.ndarray, actual: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """accuracy, macro_f1 (every class weighted equally), loss, documents, then
+    <class>_precision, <class>_recall and <class>_f1 for every class: flat keys."""
+    counts = confusion_matrix(actual, logits.argmax(1), len(labels))
+    precision, recall, f1 = per_class_scores(counts)
+    metrics: dict[str, float] = {
+        "accuracy": float(np.trace(counts) / max(len(actual), 1)),
+        "macro_f1": float(f1.mean()),
+        "loss": cross_entropy(logits, actual),
+        "documents": int(len(actual)),
+    }
+    for i, name in enumerate(labels):
+        metrics[f"{name}_precision"] = float(precision[i])
+        metrics[f"{name}_recall"] = float(recall[i])
+        metrics[f"{name}_f1"] = float(f1[i])
+    return metrics

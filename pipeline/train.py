@@ -1,0 +1,398 @@
+"""`train` stage: data/processed -> models/train/{best,last}.pt, reports/train.json, DVCLive curves.
+
+One loop for CPU and GPU. Each validation (every epoch, or every `eval_every` steps)
+logs to DVCLive, saves the resume state, and decides early stopping.
+
+Resuming: DVC deletes a stage's outputs before running it, so the checkpoints are
+written to a resume folder outside them (models/.train-resume). A rerun whose params and
+data match continues from the last validation there: the weights, optimizer moments,
+RNG state, early-stopping state and logged history are restored, and the batch order
+of every epoch is a function of (seed, epoch), so the finished run is the same as an
+uninterrupted one. On success the checkpoints move into the outputs and the resume
+folder is removed.
+
+Planned: DDP (each rank takes every world_size-th batch; the rank-0 process alone logs
+and saves in `_validate`) and pretrained transformers (another `build_model` entry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import resource
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.batching import TokenizedSplit, length_grouped_batches, read_labels, read_vocab_size
+from pipeline.engine import (
+    autocast,
+    batch_loader,
+    default_threads,
+    load_checkpoint,
+    predict_logits,
+    resolve_device,
+    resolve_precision,
+    save_checkpoint,
+    to_device,
+)
+from pipeline.errors import PipelineError
+from pipeline.files import staged_dir, write_json
+from pipeline.metrics import classification_metrics
+from pipeline.models import build_model
+from pipeline.params import Params, TrainParams
+
+
+class SimulatedKill(RuntimeError):
+    """Raised by `stop_after_steps` so tests can interrupt a run at a known step."""
+
+
+@dataclass
+class Tracker:
+    """Early stopping on one validation metric."""
+
+    monitor: str
+    mode: str
+    patience: int
+    min_delta: float
+    best: float | None = None
+    best_step: int = 0
+    best_epoch: float = 0.0  # epochs completed at the best validation
+    bad_validations: int = 0
+
+    def update(self, value: float, step: int, epoch: int) -> bool:
+        """Record a validation; true if it is the best so far."""
+        better = self.best is None or (
+            value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+        )
+        if better:
+            self.best, self.best_step, self.best_epoch, self.bad_validations = value, step, epoch, 0
+        else:
+            self.bad_validations += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.bad_validations > 0 and self.bad_validations >= self.patience
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every checkpoint."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # batches of the current epoch already consumed
+    samples: int = 0  # training documents seen
+    train_seconds: float = 0.0  # time in training steps (validation excluded)
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per validation
+
+
+def learning_rate(config: TrainParams, step: int, total_steps: int) -> float:
+    """Linear warmup to `lr`, then cosine, linear or no decay to zero at `total_steps`."""
+    warmup = int(config.warmup * total_steps)
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
+    if config.schedule == "constant":
+        return config.lr
+    progress = min((step - warmup) / max(total_steps - warmup, 1), 1.0)
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * progress))
+    return config.lr * (1 - progress)
+
+
+def make_optimizers(model: nn.Module, config: TrainParams) -> list[torch.optim.Optimizer]:
+    """SparseAdam for sparse embedding tables (only the rows a batch used move), AdamW for the
+    rest, with weight decay on weight matrices and none on biases, norms and embeddings."""
+    sparse, decay, no_decay = [], [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, nn.Embedding) and module.sparse:
+                sparse.append(param)
+            elif param.ndim >= 2 and not isinstance(module, nn.Embedding):
+                decay.append(param)
+            else:
+                no_decay.append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)]
+    if sparse:
+        optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
+    return optimizers
+
+
+def fingerprint(params: Params, processed: Path) -> str:
+    """What a resume state belongs to: the model and train params and the tokenized data."""
+    digest = hashlib.sha256(json.dumps([params.model.model_dump(), params.train.model_dump()]).encode())
+    for name in ("vocab.json", "labels.json", "train/offsets.npy", "train/labels.npy", "validation/labels.npy"):
+        digest.update((processed / name).read_bytes())
+    digest.update(str((processed / "train" / "ids.npy").stat().st_size).encode())
+    return digest.hexdigest()
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _rng_state(device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+class _Live:
+    """DVCLive, with dvc.yaml written by hand; history is replayed after a resume."""
+
+    def __init__(self, folder: Path, history: list[dict[str, float]]):
+        from dvclive import Live
+
+        self.live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
+        for record in history:
+            self.log(record)
+
+    def log(self, record: dict[str, float]) -> None:
+        self.live.step = int(record["step"])
+        for name, value in record.items():
+            if name != "step":
+                self.live.log_metric(name, value, plot=True)
+        self.live.next_step()
+
+    def close(self) -> None:
+        self.live.end()
+
+
+class Console:
+    """A progress bar with loss and samples/s on a terminal; plain lines otherwise."""
+
+    def __init__(self, enabled: bool | None):
+        self.interactive = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+
+    def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+
+    def advance(self, batches: int, loss: float, samples_per_second: float) -> None:
+        if self.bar is not None:
+            self.bar.update(batches)
+            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_second:,.0f}", refresh=False)
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+
+def _check_data(train: TokenizedSplit, validation: TokenizedSplit, labels: list[str]) -> None:
+    if len(train) == 0 or len(validation) == 0:
+        raise PipelineError("the train or validation split is empty; check the download stage's output")
+    for name, split in (("train", train), ("validation", validation)):
+        if split.labels.min() < 0 or split.labels.max() >= len(labels):
+            raise PipelineError(f"{name} labels do not match labels.json; rerun the tokenize stage")
+
+
+def run_train(
+    params: Params,
+    processed: Path,
+    out_dir: Path,
+    report_path: Path,
+    live_dir: Path,
+    resume_dir: Path,
+    progress: bool | None = None,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train `params.model` on data/processed; returns the report. `stop_after_steps`
+    ends the process abruptly after that many steps (tests use it to simulate a kill)."""
+    config = params.train
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise PipelineError("this GPU does not support bf16; set train.precision to fp32")
+    torch.set_num_threads(config.threads or default_threads())
+    torch.manual_seed(config.seed)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    labels = read_labels(processed)
+    train, validation = TokenizedSplit(processed / "train"), TokenizedSplit(processed / "validation")
+    _check_data(train, validation, labels)
+    vocab_size = read_vocab_size(processed)
+
+    model = build_model(params.model, vocab_size, len(labels)).to(device)
+    optimizers = make_optimizers(model, config)
+    mode = config.mode if config.mode != "auto" else ("min" if config.monitor == "loss" else "max")
+    tracker = Tracker(config.monitor, mode, config.patience, config.min_delta)
+    state = Progress()
+    run_id = fingerprint(params, processed)
+
+    resume_path = resume_dir / "last.pt"
+    console = Console(progress)
+    if resume_path.is_file():
+        saved = load_checkpoint(resume_path)
+        if saved.get("fingerprint") == run_id:
+            model.load_state_dict(saved["model"])
+            for optimizer, optimizer_state in zip(optimizers, saved["optimizers"]):
+                optimizer.load_state_dict(optimizer_state)
+            tracker = Tracker(**saved["tracker"])
+            state = Progress(**saved["progress"])
+            _set_rng_state(saved["rng"], device)
+            console.line(f"train: resuming from {resume_path} at epoch {state.epoch + 1}, step {state.step}")
+        else:
+            console.line(f"train: {resume_path} belongs to other params or data; starting over")
+            shutil.rmtree(resume_dir)
+
+    step_model = torch.compile(model, dynamic=True) if config.compile else model
+    workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)
+    batches_per_epoch = math.ceil(len(train) / config.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)
+    total_steps = steps_per_epoch * config.max_epochs
+    live = _Live(live_dir, state.history)
+    started = time.perf_counter()
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            "model_config": params.model.model_dump(),
+            "vocab_size": vocab_size,
+            "labels": labels,
+            "model": model.state_dict(),
+            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+            "tracker": asdict(tracker),
+            "progress": asdict(state),
+            "rng": _rng_state(device),
+            "fingerprint": run_id,
+        }
+
+    def validate(train_loss: float) -> None:
+        logits = predict_logits(step_model, validation, config.batch_size * 4, device, precision, workers)
+        scores = classification_metrics(logits, validation.labels, labels)
+        record = {
+            "step": state.step,
+            "epoch": state.epoch + state.batch / batches_per_epoch,
+            "train/loss": train_loss,
+            "validation/loss": scores["loss"],
+            "validation/accuracy": scores["accuracy"],
+            "validation/macro_f1": scores["macro_f1"],
+            "lr": learning_rate(config, max(state.step - 1, 0), total_steps),
+            "samples_per_second": state.samples / max(state.train_seconds, 1e-9),
+        }
+        state.history.append(record)
+        improved = tracker.update(record[f"validation/{config.monitor}"], state.step, record["epoch"])
+        live.log(record)
+        console.line(
+            f"epoch {record['epoch']:.2f} step {state.step}: train loss {train_loss:.4f} | validation loss "
+            f"{record['validation/loss']:.4f} accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} | "
+            f"{record['samples_per_second']:,.0f} samples/s{' | best' if improved else ''}"
+        )
+        snapshot = checkpoint_state()
+        save_checkpoint(resume_path, snapshot)
+        if improved:
+            save_checkpoint(resume_dir / "best.pt", snapshot)
+
+    step_model.train()
+    last_loss = float("nan")
+    while state.epoch < config.max_epochs and not tracker.should_stop:
+        order = length_grouped_batches(train.lengths, config.batch_size, rng=np.random.default_rng([config.seed, state.epoch]))
+        console.start_epoch(state.epoch, config.max_epochs, len(order), state.batch)
+        loader = batch_loader(train, order[state.batch :], device, workers)
+        loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on the device: no per-step sync
+        tick = time.perf_counter()
+        for ids, lengths, targets in loader:
+            ids, lengths, targets = to_device((ids, lengths, targets), device)
+            with autocast(device, precision):
+                logits = step_model(ids, lengths)
+            loss = nn.functional.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing)
+            (loss / config.accumulate).backward()
+            state.batch += 1
+            state.samples += len(targets)
+            loss_sum += loss.detach()
+            loss_count += 1
+            end_of_epoch = state.batch == len(order)
+            if state.batch % config.accumulate and not end_of_epoch:
+                continue
+            _optimizer_step(model, optimizers, config, learning_rate(config, state.step, total_steps))
+            state.step += 1
+            now = time.perf_counter()
+            state.train_seconds, tick = state.train_seconds + now - tick, now
+            if console.interactive and state.step % 20 == 0:
+                console.advance(20, loss_sum.item() / loss_count, state.samples / state.train_seconds)
+            if stop_after_steps is not None and state.step >= stop_after_steps:
+                raise SimulatedKill(f"stopped after {state.step} steps")
+            if end_of_epoch:
+                state.epoch, state.batch = state.epoch + 1, 0
+                console.end_epoch()
+            if (config.eval_every and state.step % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
+                last_loss = loss_sum.item() / loss_count
+                validate(last_loss)
+                loss_sum, loss_count = torch.zeros((), device=device), 0
+                if tracker.should_stop:
+                    break
+                tick = time.perf_counter()
+        console.end_epoch()
+    if not state.history or state.history[-1]["step"] != state.step:  # eval_every left a tail unvalidated
+        validate(last_loss)
+
+    live.close()
+    report = {
+        "arch": params.model.arch,
+        "monitor": config.monitor,
+        "best_validation": tracker.best,
+        "best_epoch": tracker.best_epoch,
+        "best_step": tracker.best_step,
+        "epochs": round(state.epoch + state.batch / batches_per_epoch, 3),
+        "steps": state.step,
+        "stopped_early": tracker.should_stop,
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(state.train_seconds, 2),
+        "samples_per_second": round(state.samples / max(state.train_seconds, 1e-9), 1),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": precision,
+        "peak_memory_mb": round(peak_memory_mb(device), 1),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_documents": len(train),
+        "seed": config.seed,
+    }
+    with staged_dir(out_dir) as staging:
+        shutil.copy2(resume_dir / "best.pt", staging / "best.pt")
+        shutil.copy2(resume_path, staging / "last.pt")
+    write_json(report_path, report)
+    shutil.rmtree(resume_dir)
+    return report
+
+
+def _optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], config: TrainParams, lr: float) -> None:
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    if config.clip_norm is not None:
+        # sparse embedding gradients are left out: they touch few rows and cannot be clipped in place
+        dense = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
+        nn.utils.clip_grad_norm_(dense, config.clip_norm)
+    for optimizer in optimizers:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
