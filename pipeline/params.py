@@ -81,7 +81,7 @@ class TokenizeParams(Section):
     language: str = "en"  # spaCy language code for spacy.blank (rule-based tokenizer, no model download)
     lowercase: bool = True
     strip_html: bool = True  # replace HTML tags such as IMDB's <br /> with a space
-    max_tokens: int = Field(default=400, ge=1)  # longer documents are truncated
+    max_tokens: int = Field(default=1000, ge=1)  # longer documents are truncated (IMDB: 3% of reviews)
     min_freq: int = Field(default=2, ge=1)  # rarer train tokens become <unk>
     max_vocab: int | None = Field(default=50_000, ge=3)  # including <pad> and <unk>
     workers: int | None = Field(default=None, ge=1)  # None: every core
@@ -90,7 +90,7 @@ class TokenizeParams(Section):
 
 class BagParams(Section):
     ngram: int = Field(default=2, ge=1, le=4)  # 2: words and hashed word bigrams (fastText's wordNgrams)
-    buckets: int = Field(default=2_000_000, ge=1)  # hash buckets for the n-grams (fastText's bucket)
+X
     sparse: bool = True  # sparse embedding gradients: each step updates only the rows a batch used
 
 
@@ -113,7 +113,7 @@ class TransformerParams(Section):
 
 class ModelParams(Section):
     arch: Literal["bag", "cnn", "lstm", "transformer"] = "bag"
-    embed_dim: int = Field(default=64, ge=1)
+    embed_dim: int = Field(default=32, ge=1)
     dropout: float = Field(default=0.2, ge=0, lt=1)
     bag: BagParams = BagParams()
     cnn: CnnParams = CnnParams()

@@ -314,12 +314,11 @@ def run_train(
             save_checkpoint(resume_dir / "best.pt", snapshot)
 
     step_model.train()
-    last_loss = float("nan")
+    loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on the device: no per-step sync
     while state.epoch < config.max_epochs and not tracker.should_stop:
         order = length_grouped_batches(train.lengths, config.batch_size, rng=np.random.default_rng([config.seed, state.epoch]))
         console.start_epoch(state.epoch, config.max_epochs, len(order), state.batch)
         loader = batch_loader(train, order[state.batch :], device, workers)
-        loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on the device: no per-step sync
         tick = time.perf_counter()
         for ids, lengths, targets in loader:
             ids, lengths, targets = to_device((ids, lengths, targets), device)
@@ -346,15 +345,14 @@ def run_train(
                 state.epoch, state.batch = state.epoch + 1, 0
                 console.end_epoch()
             if (config.eval_every and state.step % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
-                last_loss = loss_sum.item() / loss_count
-                validate(last_loss)
+                validate(loss_sum.item() / loss_count)
                 loss_sum, loss_count = torch.zeros((), device=device), 0
                 if tracker.should_stop:
                     break
                 tick = time.perf_counter()
         console.end_epoch()
     if not state.history or state.history[-1]["step"] != state.step:  # eval_every left a tail unvalidated
-        validate(last_loss)
+        validate(loss_sum.item() / max(loss_count, 1))
 
     live.close()
     report = {

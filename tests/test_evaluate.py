@@ -1,0 +1,101 @@
+"""The evaluate stage, and the pipeline so far (download -> tokenize -> train -> evaluate) on real data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import assert_user_error, labelled_rows, needs_shared, run_cli, write_csv, write_params
+
+from pipeline.download import run_download
+from pipeline.evaluate import run_evaluate
+from pipeline.params import parse_params
+from pipeline.tokenizing import run_tokenize
+from pipeline.train import run_train
+
+# noisy enough that the model makes mistakes: some "pos" rows carry negative words
+SETTINGS = {
+    "model": {"embed_dim": 16, "bag": {"buckets": 5000}},
+    "train": {"max_epochs": 3, "lr": 0.05, "threads": 1},
+    "evaluate": {"errors": 5, "error_chars": 25},
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """download -> tokenize -> train by the real stages, in the default layout."""
+    root = tmp_path_factory.mktemp("project")
+    rows = labelled_rows(400)
+    flipped = [(text, "pos" if label == "neg" else "neg") if i % 7 == 0 else (text, label) for i, (text, label) in enumerate(labelled_rows(140, offset=9000))]
+    write_csv(root / "source" / "train.csv", rows)
+    write_csv(root / "source" / "test.csv", flipped)
+    write_params(root, download={"source": str(root / "source")}, tokenize={"workers": 1, "min_freq": 1}, **SETTINGS)
+    for command in ("download", "tokenize", "train"):
+        result = run_cli(command, cwd=root)
+        assert result.returncode == 0, result.stderr
+    return root
+
+
+def test_metrics_confusion_and_errors(project):
+    result = run_cli("evaluate", cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "test accuracy" in result.stdout
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert list(metrics)[:4] == ["accuracy", "macro_f1", "loss", "documents"]
+    for name in ("neg", "pos"):
+        assert {f"{name}_precision", f"{name}_recall", f"{name}_f1"} <= metrics.keys()
+    assert all(isinstance(v, (int, float)) for v in metrics.values())  # flat: one number per key
+
+    confusion = pd.read_csv(project / "reports" / "confusion.csv")
+    assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == metrics["documents"] == 140
+    assert set(confusion["actual"]) == {"neg", "pos"}
+    assert (confusion["actual"] == confusion["predicted"]).mean() == pytest.approx(metrics["accuracy"])
+    # every 7th test row has the wrong label on purpose, so the model cannot be right on those
+    assert 0.75 <= metrics["accuracy"] <= 1 - 1 / 7 + 0.01
+
+    errors = pd.read_csv(project / "reports" / "errors.csv")
+    assert list(errors.columns) == ["text", "actual", "predicted", "confidence"]
+    assert len(errors) == 5  # evaluate.errors
+    assert (errors["actual"] != errors["predicted"]).all()
+    assert errors["confidence"].is_monotonic_decreasing and (errors["confidence"] >= 0.5).all()
+    assert errors["text"].str.len().max() <= 25  # evaluate.error_chars
+
+
+def test_run_evaluate_matches_the_cli(project, tmp_path):
+    params = parse_params({**SETTINGS, "download": {"source": "x"}})
+    metrics = run_evaluate(
+        params, project / "models/train/best.pt", project / "data/processed", project / "data/raw/test.parquet",
+        tmp_path / "m.json", tmp_path / "c.csv", tmp_path / "e.csv",
+    )
+    assert metrics == json.loads((project / "reports" / "metrics.json").read_text())
+
+
+def test_missing_or_damaged_checkpoint(project, tmp_path):
+    assert_user_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "none.pt"), cwd=project), "none.pt not found", "train")
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    assert_user_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "bad.pt"), cwd=project), "bad.pt", "rerun the train stage")
+    assert_user_error(run_cli("evaluate", "--raw", str(tmp_path), cwd=project), "test.parquet", "download")
+
+
+def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
+    """The whole pipeline so far, by its CLI with default model and train params, on AG News."""
+    source = needs_shared("ag_news", "test.csv")
+    write_params(
+        tmp_path,
+        download={
+            "source": str(source),
+            "column_names": ["label", "title", "description"],
+            "text_columns": ["title", "description"],
+            "label_names": {1: "World", 2: "Sports", 3: "Business", 4: "Sci/Tech"},
+        },
+    )
+    for command in ("download", "tokenize", "train", "evaluate"):
+        result = run_cli(command, cwd=tmp_path)
+        assert result.returncode == 0, (command, result.stderr)
+    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    assert metrics["documents"] == 1520  # test_fraction 0.2 of 7,600
+    assert metrics["accuracy"] >= 0.85, metrics  # chance is 0.25
+    assert metrics["macro_f1"] >= 0.85
+    assert {"World_f1", "Sports_f1", "Business_f1", "Sci/Tech_f1"} <= metrics.keys()

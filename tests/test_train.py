@@ -1,0 +1,193 @@
+"""The train stage on real tokenized fixtures (real spaCy), on CPU; one GPU test when CUDA is present."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import assert_user_error, labelled_rows, run_cli, write_csv, write_params
+
+from pipeline.batching import TokenizedSplit
+from pipeline.download import run_download
+from pipeline.engine import load_checkpoint, model_from_checkpoint, predict_logits
+from pipeline.metrics import classification_metrics
+from pipeline.params import Params, TrainParams, parse_params
+from pipeline.tokenizing import run_tokenize
+from pipeline.train import SimulatedKill, Tracker, learning_rate, run_train
+
+# small models so that every architecture trains in seconds
+TINY_MODEL = {
+    "embed_dim": 16,
+    "bag": {"buckets": 5000},
+    "cnn": {"filters": 8, "widths": [2, 3]},
+    "lstm": {"hidden": 16},
+    "transformer": {"layers": 1, "heads": 2, "ff_dim": 32, "max_positions": 64},
+}
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory) -> Path:
+    """A separable two-class dataset, downloaded and tokenized by the real stages."""
+    root = tmp_path_factory.mktemp("data")
+    write_csv(root / "source" / "train.csv", labelled_rows(480))
+    write_csv(root / "source" / "test.csv", labelled_rows(120, offset=5000))
+    params = parse_params({"download": {"source": str(root / "source")}, "tokenize": {"workers": 1, "min_freq": 1}})
+    run_download(params.download, root / "raw", root / "data.json")
+    run_tokenize(params.tokenize, root / "raw", root / "processed", root / "tokenize.json", progress=False)
+    return root / "processed"
+
+
+def make_params(arch: str = "bag", **train) -> Params:
+    return parse_params({"model": {**TINY_MODEL, "arch": arch}, "train": {"max_epochs": 4, "lr": 0.05, "threads": 1, **train}})
+
+
+def train_once(params: Params, processed: Path, out: Path, **kwargs) -> dict:
+    return run_train(
+        params, processed, out / "models", out / "train.json", out / "live", out / "resume", progress=False, **kwargs
+    )
+
+
+def test_accuracy(checkpoint: Path, processed: Path, split: str = "test") -> float:
+    data = TokenizedSplit(processed / split)
+    logits = predict_logits(model_from_checkpoint(load_checkpoint(checkpoint)), data, 64, torch.device("cpu"))
+    return classification_metrics(logits, data.labels, ["neg", "pos"])["accuracy"]
+
+
+test_accuracy.__test__ = False  # a helper, not a test
+
+
+def learned(checkpoint: dict) -> list[dict]:
+    """The logged history without timings, which no two runs share."""
+    return [{k: v for k, v in record.items() if k != "samples_per_second"} for record in checkpoint["progress"]["history"]]
+
+
+@pytest.mark.parametrize("arch", ["bag", "cnn", "lstm", "transformer"])
+def test_each_architecture_learns_separable_data(arch, processed, tmp_path):
+    report = train_once(make_params(arch, lr=0.005 if arch == "transformer" else 0.05), processed, tmp_path)
+    assert report["arch"] == arch and report["device"] == "cpu" and report["precision"] == "fp32"
+    assert report["best_validation"] >= 0.9
+    assert test_accuracy(tmp_path / "models" / "best.pt", processed) >= 0.9  # chance is 0.5
+    assert (tmp_path / "models" / "last.pt").is_file()
+    assert not (tmp_path / "resume").exists()  # removed once the run completes
+
+
+def test_report_and_curves(processed, tmp_path):
+    report = train_once(make_params(), processed, tmp_path)
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved == report
+    for key in ("best_epoch", "epochs", "wall_seconds", "samples_per_second", "device", "precision", "peak_memory_mb", "parameters"):
+        assert key in saved, key
+    assert saved["parameters"] == sum(t.numel() for t in load_checkpoint(tmp_path / "models" / "best.pt")["model"].values())
+    plots = tmp_path / "live" / "plots" / "metrics"
+    for name in ("train/loss", "validation/loss", "validation/accuracy", "validation/macro_f1", "lr", "samples_per_second"):
+        rows = (plots / f"{name}.tsv").read_text().splitlines()
+        assert len(rows) == 1 + report["epochs"], name  # header + one row per epoch
+
+
+def test_same_seed_same_metrics_and_weights(processed, tmp_path):
+    first = train_once(make_params("cnn"), processed, tmp_path / "a")
+    second = train_once(make_params("cnn"), processed, tmp_path / "b")
+    a, b = (load_checkpoint(p / "models" / "last.pt") for p in (tmp_path / "a", tmp_path / "b"))
+    assert learned(a) == learned(b)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert first["best_validation"] == second["best_validation"]
+    train_once(make_params("cnn", seed=1), processed, tmp_path / "c")
+    c = load_checkpoint(tmp_path / "c" / "models" / "last.pt")
+    assert learned(c) != learned(a)  # the seed matters
+
+
+@pytest.mark.parametrize("arch", ["bag", "lstm"])
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(arch, processed, tmp_path):
+    params = make_params(arch, patience=10)
+    train_once(params, processed, tmp_path / "whole")
+    steps_per_epoch = load_checkpoint(tmp_path / "whole" / "models" / "last.pt")["progress"]["step"] // 4
+
+    with pytest.raises(SimulatedKill):  # killed during the second epoch
+        train_once(params, processed, tmp_path / "cut", stop_after_steps=steps_per_epoch + 2)
+    state = load_checkpoint(tmp_path / "cut" / "resume" / "last.pt")
+    assert state["progress"]["epoch"] == 1 and state["progress"]["step"] == steps_per_epoch
+    resumed = train_once(params, processed, tmp_path / "cut")
+
+    whole = load_checkpoint(tmp_path / "whole" / "models" / "last.pt")
+    cut = load_checkpoint(tmp_path / "cut" / "models" / "last.pt")
+    assert learned(cut) == learned(whole)
+    assert all(torch.equal(cut["model"][k], whole["model"][k]) for k in whole["model"])
+    assert resumed["steps"] == whole["progress"]["step"]
+    rows = (tmp_path / "cut" / "live" / "plots" / "metrics" / "validation" / "accuracy.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 4  # the replayed epoch and the new ones, once each
+
+
+def test_resume_state_of_other_params_is_discarded(processed, tmp_path, capsys):
+    with pytest.raises(SimulatedKill):
+        train_once(make_params(), processed, tmp_path, stop_after_steps=9)  # after the first validation
+    report = train_once(make_params(lr=0.02), processed, tmp_path)
+    assert "starting over" in capsys.readouterr().out
+    assert report["epochs"] == 4
+
+
+def test_checkpoint_round_trip(processed, tmp_path):
+    report = train_once(make_params("transformer", lr=0.005), processed, tmp_path)
+    checkpoint = torch.load(tmp_path / "models" / "best.pt", weights_only=True)  # no pickled code
+    assert checkpoint["labels"] == ["neg", "pos"] and checkpoint["model_config"]["arch"] == "transformer"
+    assert checkpoint["progress"]["step"] == report["best_step"]
+    # the reloaded best model scores exactly what training recorded for it
+    assert test_accuracy(tmp_path / "models" / "best.pt", processed, "validation") == report["best_validation"]
+
+
+def test_early_stopping(processed, tmp_path):
+    # validation loss keeps falling, so with mode max no validation after the first improves
+    report = train_once(make_params(monitor="loss", mode="max", patience=2, max_epochs=10), processed, tmp_path)
+    assert report["stopped_early"] and report["epochs"] == 3 and report["best_epoch"] == 1
+
+
+def test_gradient_accumulation_and_eval_every(processed, tmp_path):
+    report = train_once(make_params(batch_size=16, accumulate=2, eval_every=5, max_epochs=1), processed, tmp_path)
+    steps = report["steps"]
+    assert steps == math.ceil(math.ceil(len(TokenizedSplit(processed / "train")) / 16) / 2)
+    rows = (tmp_path / "live" / "plots" / "metrics" / "validation" / "accuracy.tsv").read_text().splitlines()
+    assert len(rows) == 1 + steps // 5 + (steps % 5 > 0)  # every 5 steps, and the tail
+
+
+def test_learning_rate_schedule():
+    config = TrainParams(lr=1.0, warmup=0.1, schedule="cosine")
+    assert learning_rate(config, 0, 100) == pytest.approx(0.1)
+    assert learning_rate(config, 9, 100) == pytest.approx(1.0)
+    assert learning_rate(config, 55, 100) == pytest.approx(0.5)
+    assert learning_rate(config, 100, 100) == pytest.approx(0.0)
+    linear = TrainParams(lr=1.0, warmup=0.0, schedule="linear")
+    assert learning_rate(linear, 50, 100) == pytest.approx(0.5)
+    assert learning_rate(TrainParams(lr=0.3, warmup=0.0, schedule="constant"), 99, 100) == 0.3
+
+
+def test_tracker_min_delta():
+    tracker = Tracker("accuracy", "max", patience=2, min_delta=0.01)
+    assert tracker.update(0.80, 1, 1)
+    assert not tracker.update(0.805, 2, 2) and not tracker.should_stop
+    assert not tracker.update(0.809, 3, 3) and tracker.should_stop
+    assert tracker.best == 0.80 and tracker.best_epoch == 1
+
+
+def test_cli_errors(processed, tmp_path):
+    write_params(tmp_path, train={"batch_size": 0})
+    assert_user_error(run_cli("train", "--data", str(processed), cwd=tmp_path), "train.batch_size")
+    write_params(tmp_path, train={"lr": "fast"})
+    assert_user_error(run_cli("train", "--data", str(processed), cwd=tmp_path), "train.lr")
+    write_params(tmp_path)
+    assert_user_error(run_cli("train", "--data", str(tmp_path / "nowhere"), cwd=tmp_path), "tokenize")
+    if not torch.cuda.is_available():
+        write_params(tmp_path, train={"device": "cuda"})
+        assert_user_error(run_cli("train", "--data", str(processed), cwd=tmp_path), "device 'cuda' is not available")
+    assert not (tmp_path / "models").exists()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_on_cuda_matches_fp32(processed, tmp_path):
+    fp32 = train_once(make_params("cnn", precision="fp32", device="cuda"), processed, tmp_path / "fp32")
+    bf16 = train_once(make_params("cnn", precision="bf16", device="cuda"), processed, tmp_path / "bf16")
+    assert fp32["device"].startswith("cuda") and bf16["precision"] == "bf16"
+    assert abs(bf16["best_validation"] - fp32["best_validation"]) <= 0.05
+    assert bf16["best_validation"] >= 0.9
