@@ -90,7 +90,7 @@ class TokenizeParams(Section):
 
 class BagParams(Section):
     ngram: int = Field(default=2, ge=1, le=4)  # 2: words and hashed word bigrams (fastText's wordNgrams)
-X
+    buckets: int = Field(default=1_000_000, ge=1)  # hash buckets for the n-grams (fastText's bucket)
     sparse: bool = True  # sparse embedding gradients: each step updates only the rows a batch used
 
 
