@@ -135,7 +135,7 @@ class TrainParams(Section):
     clip_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; null: off
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     eval_every: int | None = Field(default=None, ge=1)  # validate every N optimizer steps; null: every epoch
-    monitor: Literal["loss", "accuracy", "macro_f1"] = "accuracy"  # validation metric for the best checkpoint
+    monitor: Literal["loss", "accuracy", "macro_f1"] = "loss"  # validation metric for the best checkpoint (loss: least noisy)
     mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max otherwise
     patience: int = Field(default=2, ge=0)  # validations without improvement before stopping
     min_delta: float = Field(default=0.0, ge=0)  # smaller changes do not count as improvement
