@@ -41,7 +41,7 @@ def processed(tmp_path_factory) -> Path:
 
 
 def make_params(arch: str = "bag", **train) -> Params:
-    return parse_params({"model": {**TINY_MODEL, "arch": arch}, "train": {"max_epochs": 4, "lr": 0.05, "threads": 1, **train}})
+    return parse_params({"model": {**TINY_MODEL, "arch": arch}, "train": {"max_epochs": 4, "lr": 0.05, "threads": 1, "monitor": "accuracy", **train}})
 
 
 def train_once(params: Params, processed: Path, out: Path, **kwargs) -> dict:
