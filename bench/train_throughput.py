@@ -35,7 +35,8 @@ def subset(processed: Path, out: Path, documents: int) -> None:
         return
     train = out / "train"
     offsets = np.load(train / "offsets.npy")[: documents + 1]
-    np.save(train / "ids.npy", np.load(train / "ids.npy", mmap_mode="r")[: offsets[-1]])
+    ids = np.load(train / "ids.npy")[: offsets[-1]]  # read whole before overwriting the same file
+    np.save(train / "ids.npy", ids)
     np.save(train / "offsets.npy", offsets)
     np.save(train / "labels.npy", np.load(train / "labels.npy")[:documents])
 
