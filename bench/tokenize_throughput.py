@@ -16,7 +16,8 @@ from pathlib import Path
 
 from pipeline.download import run_download
 from pipeline.params import DownloadParams, TokenizeParams
-from pipeline.tokenizing import available_cores, run_tokenize
+from pipeline.system import available_cores
+from pipeline.tokenizing import run_tokenize
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.engine import default_threads
+from pipeline.system import available_cores
 from pipeline.params import parse_params
 from pipeline.train import run_train
 
@@ -69,7 +69,7 @@ def main() -> None:
     device = results[0]["device_name"] if results else "?"
     print(json.dumps({
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {default_threads()} cores; {device}",
+        "machine": f"{platform.processor() or platform.machine()}, {available_cores()} cores; {device}",
         "torch": torch.__version__,
         "tokens_per_document_mean": round(float(lengths.mean()), 1),
         "results": results,

@@ -16,7 +16,6 @@ with `weights_only=True` (no pickled code runs):
 from __future__ import annotations
 
 import contextlib
-import os
 from pathlib import Path
 from typing import Any
 
@@ -138,11 +137,3 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
     model = build_model(config, checkpoint["vocab_size"], len(checkpoint["labels"]))
     model.load_state_dict(checkpoint["model"])
     return model.eval()
-
-
-def default_threads() -> int:
-    """The cores this process may use (cgroup- and affinity-aware where the OS says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1

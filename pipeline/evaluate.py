@@ -17,11 +17,12 @@ import pandas as pd
 import torch
 
 from pipeline.batching import TokenizedSplit, read_labels
-from pipeline.engine import default_threads, load_checkpoint, model_from_checkpoint, predict_logits, resolve_device
+from pipeline.engine import load_checkpoint, model_from_checkpoint, predict_logits, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_file, write_json
 from pipeline.metrics import classification_metrics, softmax
 from pipeline.params import Params
+from pipeline.system import available_cores
 
 
 def test_texts(raw_test: Path, expected: int) -> pd.Series:
@@ -64,7 +65,7 @@ def run_evaluate(
 ) -> dict[str, float]:
     """Score the checkpoint on the test split and write the three reports."""
     config = params.evaluate
-    torch.set_num_threads(default_threads())
+    torch.set_num_threads(available_cores())
     checkpoint = load_checkpoint(checkpoint_path)
     labels = read_labels(processed)
     if list(checkpoint["labels"]) != labels:

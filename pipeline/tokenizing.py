@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -29,14 +28,11 @@ from pipeline.errors import PipelineError
 from pipeline.files import atomic_file, staged_dir, write_json
 from pipeline.params import TokenizeParams
 from pipeline.paths import PROCESSED_DIR, RAW_DIR, TOKENIZE_REPORT
+from pipeline.system import available_cores
 from pipeline.text import PAD, UNK, UNK_ID, Hasher, HashLookup, TextSettings, make_tokenizer
 
 SPLITS = ("train", "validation", "test")
 REMAP_CHUNK = 1 << 22  # hashes mapped to ids per step, bounding memory
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 # --- work done in each worker process -------------------------------------------------

@@ -36,7 +36,6 @@ from pipeline.batching import TokenizedSplit, length_grouped_batches, read_label
 from pipeline.engine import (
     autocast,
     batch_loader,
-    default_threads,
     load_checkpoint,
     predict_logits,
     resolve_device,
@@ -49,6 +48,7 @@ from pipeline.files import staged_dir, write_json
 from pipeline.metrics import classification_metrics
 from pipeline.models import build_model
 from pipeline.params import Params, TrainParams
+from pipeline.system import available_cores
 
 
 class SimulatedKill(RuntimeError):
@@ -232,7 +232,7 @@ def run_train(
     precision = resolve_precision(config.precision, device)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise PipelineError("this GPU does not support bf16; set train.precision to fp32")
-    torch.set_num_threads(config.threads or default_threads())
+    torch.set_num_threads(config.threads or available_cores())
     torch.manual_seed(config.seed)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
