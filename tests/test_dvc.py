@@ -36,6 +36,7 @@ def project(tmp_path: Path) -> Path:
     write_csv(root / "source" / "train.csv", labelled_rows(80))
     write_csv(root / "source" / "test.csv", labelled_rows(20, offset=500))
     set_param(root, "download", "source", "source")
+    set_param(root, "model", "bag", {"ngram": 2, "buckets": 5000, "sparse": True})  # a small model: fast
     sh("git", "init", "-q", cwd=root)
     sh("git", "config", "user.email", "t@example.com", cwd=root)
     sh("git", "config", "user.name", "test", cwd=root)
@@ -53,11 +54,35 @@ def set_param(root: Path, section: str, key: str, value: object) -> None:
 
 
 def test_repro_noop_and_param_change(project):
-    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "tokenize"]
-    assert (project / "data" / "processed" / "train" / "ids.npy").is_file()
+    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "evaluate", "tokenize", "train"]
+    assert (project / "models" / "train" / "best.pt").is_file()
+    sh("git", "add", "dvc.lock", cwd=project)
+    sh("git", "commit", "-qm", "first run", cwd=project)
     assert ran(sh("dvc", "repro", cwd=project)) == []
+
+    # a train param reruns train and evaluate only, and the metrics change shows in a diff
+    assert ran(sh("dvc", "exp", "run", "-S", "train.lr=0.002", cwd=project)) == ["evaluate", "train"]
+    diff = sh("dvc", "metrics", "diff", "HEAD", cwd=project)
+    assert "reports/metrics.json" in diff and "loss" in diff
+    shown = sh("dvc", "metrics", "show", cwd=project)
+    assert "accuracy" in shown and "vocab_size" in shown and "best_epoch" in shown
+
     set_param(project, "tokenize", "min_freq", 1)
-    assert ran(sh("dvc", "repro", cwd=project)) == ["tokenize"]
-    assert "vocab_size" in sh("dvc", "metrics", "show", cwd=project)
+    assert ran(sh("dvc", "repro", cwd=project)) == ["evaluate", "tokenize", "train"]
     set_param(project, "download", "seed", 7)
-    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "tokenize"]
+    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "evaluate", "tokenize", "train"]
+
+
+def test_bad_params_in_exp_run_name_the_key(project):
+    def failing(*args: str) -> str:
+        result = subprocess.run(
+            ["dvc", "exp", "run", *args], cwd=project, capture_output=True, text=True, timeout=600,
+            env={**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        )
+        assert result.returncode != 0
+        return result.stdout + result.stderr
+
+    assert "'train.lrr'" in failing("-S", "train.lrr=0.1")  # DVC itself refuses a key params.yaml lacks
+    assert "train.lrr: unknown key" in failing("-S", "+train.lrr=0.1")  # added anyway: our validation names it
+    sh("git", "checkout", "params.yaml", cwd=project)  # a failed run leaves its params in the workspace
+    assert "train.lr: Input should be a valid number (got 'fast')" in failing("-S", "train.lr=fast")
