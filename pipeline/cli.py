@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 
 ParamsFile = Annotated[Path, typer.Option("--params", "-p", help="Params file to read.", dir_okay=False)]
+ProcessedDir = Annotated[Path, typer.Option(help="Folder written by the tokenize stage.", file_okay=False)]
 
 
 @contextmanager
@@ -90,7 +91,7 @@ def tokenize(
 @app.command()
 def train(
     params: ParamsFile = paths.PARAMS,
-    data: Annotated[Path, typer.Option(help="Folder written by the tokenize stage.")] = paths.PROCESSED_DIR,
+    data: ProcessedDir = paths.PROCESSED_DIR,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for best.pt and last.pt.")] = paths.TRAIN_DIR,
     report: Annotated[Path, typer.Option(help="Where to write the training report (JSON).")] = paths.TRAIN_REPORT,
     live: Annotated[Path, typer.Option(help="DVCLive folder for the training curves.")] = paths.TRAIN_LIVE,
@@ -113,7 +114,7 @@ def train(
 def evaluate(
     params: ParamsFile = paths.PARAMS,
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint to score.", dir_okay=False)] = paths.TRAIN_DIR / "best.pt",
-    data: Annotated[Path, typer.Option(help="Folder written by the tokenize stage.")] = paths.PROCESSED_DIR,
+    data: ProcessedDir = paths.PROCESSED_DIR,
     raw: Annotated[Path, typer.Option(help="Folder written by the download stage (for the texts of errors).")] = paths.RAW_DIR,
     metrics: Annotated[Path, typer.Option(help="Where to write the test metrics (JSON).")] = paths.METRICS,
     confusion: Annotated[Path, typer.Option(help="Where to write actual,predicted rows (CSV).")] = paths.CONFUSION,
