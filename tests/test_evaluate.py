@@ -64,6 +64,7 @@ def test_metrics_confusion_and_errors(project):
 
 
 def test_run_evaluate_matches_the_cli(project, tmp_path):
+    assert run_cli("evaluate", cwd=project).returncode == 0
     params = parse_params({**SETTINGS, "download": {"source": "x"}})
     metrics = run_evaluate(
         params, project / "models/train/best.pt", project / "data/processed", project / "data/raw/test.parquet",
