@@ -8,9 +8,10 @@ with `weights_only=True` (no pickled code runs):
     model_config, vocab_size,  everything `build_model` needs, and the class names
     labels
     model                      the weights (state_dict)
-    optimizers, step, epoch,   training state, for resuming: optimizer moments, optimizer
-    batch, rng, tracker,       steps taken, position in the epoch, torch RNG states,
-    history, fingerprint       early-stopping state, logged metrics, and what the run was for
+    optimizers, tracker,       training state, for resuming: optimizer moments, early-stopping
+    progress, rng,             state, progress (step, epoch, batch in the epoch, samples,
+    fingerprint                training seconds, logged history), torch RNG states, and
+                               what the run was for (params and data)
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import numpy as np
 import pandas as pd
 import torch
@@ -25,7 +24,7 @@ from pipeline.params import Params
 from pipeline.system import available_cores
 
 
-def test_texts(raw_test: Path, expected: int) -> pd.Series:
+def read_test_texts(raw_test: Path, expected: int) -> pd.Series:
     try:
         texts = pd.read_parquet(raw_test, columns=["text"])["text"]
     except (OSError, ValueError, KeyError) as exc:
@@ -73,7 +72,7 @@ def run_evaluate(
     test = TokenizedSplit(processed / "test")
     if len(test) == 0:
         raise PipelineError(f"{processed}/test is empty; check the download stage's output")
-    texts = test_texts(raw_test, len(test))
+    texts = read_test_texts(raw_test, len(test))
 
     device = resolve_device(config.device)
     model = model_from_checkpoint(checkpoint).to(device)

@@ -45,6 +45,19 @@ def write_json(path: Path, data: Any) -> None:
         handle.write("\n")
 
 
+def link_or_copy(source: Path, target: Path) -> None:
+    """Put `source`'s content at `target` atomically: a hard link where the file system allows
+    (no bytes copied; a later atomic rewrite of `source` leaves `target` as it was), else a copy."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
 @contextmanager
 def staged_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `target` that replaces `target` on success."""

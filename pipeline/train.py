@@ -44,7 +44,7 @@ from pipeline.engine import (
     to_device,
 )
 from pipeline.errors import PipelineError
-from pipeline.files import staged_dir, write_json
+from pipeline.files import link_or_copy, staged_dir, write_json
 from pipeline.metrics import classification_metrics
 from pipeline.models import build_model
 from pipeline.params import Params, TrainParams
@@ -94,6 +94,10 @@ class Progress:
     samples: int = 0  # training documents seen
     train_seconds: float = 0.0  # time in training steps (validation excluded)
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per validation
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / max(self.train_seconds, 1e-9)
 
 
 def learning_rate(config: TrainParams, step: int, total_steps: int) -> float:
@@ -226,7 +230,8 @@ def run_train(
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
     """Train `params.model` on data/processed; returns the report. `stop_after_steps`
-    ends the process abruptly after that many steps (tests use it to simulate a kill)."""
+    raises SimulatedKill after that many steps, leaving the resume state as a kill would
+    (tests use it)."""
     config = params.train
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
@@ -298,7 +303,7 @@ def run_train(
             "validation/accuracy": scores["accuracy"],
             "validation/macro_f1": scores["macro_f1"],
             "lr": learning_rate(config, max(state.step - 1, 0), total_steps),
-            "samples_per_second": state.samples / max(state.train_seconds, 1e-9),
+            "samples_per_second": state.samples_per_second,
         }
         state.history.append(record)
         improved = tracker.update(record[f"validation/{config.monitor}"], state.step, record["epoch"])
@@ -308,10 +313,9 @@ def run_train(
             f"{record['validation/loss']:.4f} accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} | "
             f"{record['samples_per_second']:,.0f} samples/s{' | best' if improved else ''}"
         )
-        snapshot = checkpoint_state()
-        save_checkpoint(resume_path, snapshot)
-        if improved:
-            save_checkpoint(resume_dir / "best.pt", snapshot)
+        save_checkpoint(resume_path, checkpoint_state())
+        if improved:  # the same state: link it rather than serialize it twice
+            link_or_copy(resume_path, resume_dir / "best.pt")
 
     step_model.train()
     loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on the device: no per-step sync
@@ -338,7 +342,7 @@ def run_train(
             now = time.perf_counter()
             state.train_seconds, tick = state.train_seconds + now - tick, now
             if console.interactive and state.step % 20 == 0:
-                console.advance(20, loss_sum.item() / loss_count, state.samples / state.train_seconds)
+                console.advance(20, loss_sum.item() / loss_count, state.samples_per_second)
             if stop_after_steps is not None and state.step >= stop_after_steps:
                 raise SimulatedKill(f"stopped after {state.step} steps")
             if end_of_epoch:
@@ -366,7 +370,7 @@ def run_train(
         "stopped_early": tracker.should_stop,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "train_seconds": round(state.train_seconds, 2),
-        "samples_per_second": round(state.samples / max(state.train_seconds, 1e-9), 1),
+        "samples_per_second": round(state.samples_per_second, 1),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": precision,
@@ -376,8 +380,8 @@ def run_train(
         "seed": config.seed,
     }
     with staged_dir(out_dir) as staging:
-        shutil.copy2(resume_dir / "best.pt", staging / "best.pt")
-        shutil.copy2(resume_path, staging / "last.pt")
+        link_or_copy(resume_dir / "best.pt", staging / "best.pt")
+        link_or_copy(resume_path, staging / "last.pt")
     write_json(report_path, report)
     shutil.rmtree(resume_dir)
     return report

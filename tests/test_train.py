@@ -141,6 +141,9 @@ def test_early_stopping(processed, tmp_path):
     # validation loss keeps falling, so with mode max no validation after the first improves
     report = train_once(make_params(monitor="loss", mode="max", patience=2, max_epochs=10), processed, tmp_path)
     assert report["stopped_early"] and report["epochs"] == 3 and report["best_epoch"] == 1
+    # best.pt kept the first epoch's state while last.pt moved on
+    assert load_checkpoint(tmp_path / "models" / "best.pt")["progress"]["step"] == report["best_step"]
+    assert load_checkpoint(tmp_path / "models" / "last.pt")["progress"]["step"] == report["steps"] > report["best_step"]
 
 
 def test_gradient_accumulation_and_eval_every(processed, tmp_path):
