@@ -1,6 +1,7 @@
-"""Reading tokenized splits and grouping them into batches of similar length.
+"""Reading the tokenize stage's outputs (and the raw texts they came from), and grouping
+documents into batches of similar length.
 
-Torch-free (NumPy only) so that inference without torch can reuse it. Grouping by
+Torch-free (NumPy; pandas only to read texts) so that inference without torch can reuse it. Grouping by
 length means little compute is spent on padding: documents are shuffled, sorted
 by length inside pools of many batches, cut into batches, and the batches shuffled.
 """
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.errors import PipelineError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class TokenizedSplit:
@@ -51,6 +56,19 @@ def read_labels(processed: Path) -> list[str]:
     if not path.is_file():
         raise PipelineError(f"{path} not found; run the tokenize stage first")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_test_texts(raw_test: Path, expected: int) -> pd.Series:
+    """The test split's texts, checked to be the ones the tokenized test split came from."""
+    import pandas as pd
+
+    try:
+        texts = pd.read_parquet(raw_test, columns=["text"])["text"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise PipelineError(f"{raw_test}: cannot read the test texts ({exc}); rerun the download stage") from None
+    if len(texts) != expected:
+        raise PipelineError(f"{raw_test} has {len(texts):,} rows but the tokenized test split {expected:,}; rerun dvc repro")
+    return texts
 
 
 def read_vocab_size(processed: Path) -> int:

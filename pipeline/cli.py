@@ -132,5 +132,93 @@ def evaluate(
         )
 
 
+@app.command()
+def export(
+    params: ParamsFile = paths.PARAMS,
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint to export.", dir_okay=False)] = paths.TRAIN_DIR / "best.pt",
+    data: ProcessedDir = paths.PROCESSED_DIR,
+    raw: Annotated[Path, typer.Option(help="Folder written by the download stage (test texts for the tokenizer check).")] = paths.RAW_DIR,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the inference bundle.")] = paths.EXPORT_DIR,
+    report: Annotated[Path, typer.Option(help="Where to write the export report (JSON).")] = paths.EXPORT_REPORT,
+) -> None:
+    """Export the best checkpoint to ONNX (fp32 and int8), check parity, measure accuracy and latency."""
+    with reported_errors():
+        from pipeline.export import run_export
+        from pipeline.params import load_params
+
+        r = run_export(load_params(params), checkpoint, data, raw / "test.parquet", out, report)
+        typer.echo(
+            f"export: accuracy torch {r['torch_fp32_accuracy']:.4f}, onnx fp32 {r['onnx_fp32_accuracy']:.4f}, "
+            f"int8 {r['onnx_int8_accuracy']:.4f}; max |logit diff| {r['onnx_fp32_max_abs_diff']:.1e}; "
+            f"int8 {r['onnx_int8_bytes'] / 1e6:.1f} MB ({r['onnx_int8_size_ratio']:.0%} of fp32), "
+            f"batch-1 p50 {r['latency_ms_batch1_onnx_int8']:.3f} ms ({r['int8_speedup_batch1']:.1f}x torch) -> {out}"
+        )
+
+
+@app.command()
+def predict(
+    items: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="[BUNDLE] [TEXT...]: a first argument that is a folder is the bundle (default models/export); the rest are texts.",
+            show_default=False,
+        ),
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", "-f", help="Texts: one per line, or a CSV/TSV column, or a JSON Lines field (see --column).", dir_okay=False),
+    ] = None,
+    column: Annotated[str, typer.Option(help="Column (CSV/TSV) or field (JSON Lines) that holds the text.")] = "text",
+    fp32: Annotated[bool, typer.Option("--fp32", help="Use the fp32 model instead of the int8 one.")] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the JSON Lines to this file (atomically) instead of stdout.", dir_okay=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Texts per ONNX Runtime call.")] = 64,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Tokenizing processes for large inputs; default: every core.", show_default=False),
+    ] = None,
+) -> None:
+    """Classify texts with an exported bundle (ONNX Runtime + spaCy, no torch): one JSON line per text
+    with text, label, score and probabilities. Texts from arguments, --file, or stdin (one per line)."""
+    import pipeline.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
+
+    with reported_errors():
+        import sys
+        import time
+
+        from pipeline.files import atomic_file
+        from pipeline.predict import predict_lines, read_texts, stdin_texts
+
+        bundle, texts = paths.EXPORT_DIR, list(items or [])
+        if texts and Path(texts[0]).is_dir():
+            bundle, texts = Path(texts[0]), texts[1:]
+        if texts and file is not None:
+            raise PipelineError("give texts as arguments or with --file, not both")
+        if texts:
+            source = iter(texts)
+        elif file is not None:
+            source = read_texts(file, column)
+        elif not sys.stdin.isatty():
+            source = stdin_texts()
+        else:
+            raise PipelineError("no texts to classify: pass them as arguments, with --file, or on stdin (one per line)")
+        started = time.perf_counter()
+        if out is None:
+            try:
+                predict_lines(bundle, source, sys.stdout, int8=not fp32, batch_size=batch_size, workers=workers)
+                sys.stdout.flush()
+            except BrokenPipeError:  # the reader stopped early (`| head`): not an error
+                import os
+
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return
+        with atomic_file(out) as handle:
+            count = predict_lines(bundle, source, handle, int8=not fp32, batch_size=batch_size, workers=workers)
+        seconds = time.perf_counter() - started
+        typer.echo(f"predict: {count:,} texts in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} texts/s) -> {out}", err=True)
+
+
 def main() -> None:
     app()

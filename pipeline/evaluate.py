@@ -15,23 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.batching import TokenizedSplit, read_labels
+from pipeline.batching import TokenizedSplit, read_labels, read_test_texts
 from pipeline.engine import load_checkpoint, model_from_checkpoint, predict_logits, resolve_device
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_file, write_json
 from pipeline.metrics import classification_metrics, softmax
 from pipeline.params import Params
 from pipeline.system import available_cores
-
-
-def read_test_texts(raw_test: Path, expected: int) -> pd.Series:
-    try:
-        texts = pd.read_parquet(raw_test, columns=["text"])["text"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise PipelineError(f"{raw_test}: cannot read the test texts ({exc}); rerun the download stage") from None
-    if len(texts) != expected:
-        raise PipelineError(f"{raw_test} has {len(texts):,} rows but the tokenized test split {expected:,}; rerun dvc repro")
-    return texts
 
 
 def worst_errors(texts: pd.Series, logits: np.ndarray, actual: np.ndarray, labels: list[str], count: int, chars: int) -> pd.DataFrame:

@@ -151,12 +151,24 @@ class EvaluateParams(Section):
     error_chars: int = Field(default=300, ge=20)  # texts in errors.csv are cut here
 
 
+class ExportParams(Section):
+    opset: int = Field(default=18, ge=17, le=24)  # ONNX opset of the exported graphs (17-24 tested)
+    int8_min_weights: int = Field(default=4096, ge=0)  # smaller weight tensors stay fp32 in the int8 model: little to save, latency to lose
+    threads: int | None = Field(default=None, ge=1)  # CPU threads for PyTorch and ONNX Runtime while measuring; null: every core
+    batch_size: int = Field(default=256, ge=1)  # documents per batch when scoring the test split
+    latency_runs: int = Field(default=300, ge=10)  # batch-1 calls timed per engine, on random test documents
+    latency_warmup: int = Field(default=30, ge=0)  # untimed calls first, so every engine is measured warm
+    throughput_batches: int = Field(default=30, ge=1)  # batch-64 calls timed per engine
+    seed: int = 0  # which test documents are timed
+
+
 class Params(Section):
     download: DownloadParams = DownloadParams()
     tokenize: TokenizeParams = TokenizeParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    export: ExportParams = ExportParams()
 
 
 def describe_error(error: dict[str, Any]) -> str:

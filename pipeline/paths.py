@@ -14,3 +14,5 @@ TRAIN_LIVE = Path("reports/train")  # DVCLive: per-validation curves under plots
 METRICS = Path("reports/metrics.json")  # evaluate ->
 CONFUSION = Path("reports/confusion.csv")
 ERRORS = Path("reports/errors.csv")
+EXPORT_DIR = Path("models/export")  # export -> the inference bundle (ONNX fp32 + int8, vocabulary, labels, manifest)
+EXPORT_REPORT = Path("reports/export.json")

@@ -8,7 +8,10 @@ No torch here: `predict` must run without it.
 
 from __future__ import annotations
 
+import multiprocessing
 import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -51,6 +54,7 @@ class Hasher:
         self.settings = settings
         self.tokenizer = make_tokenizer(settings.language)
         self.attr = LOWER if settings.lowercase else ORTH
+        self.reported: set[int] = set()  # hashes whose strings were already handed out (tokenize)
 
     def normalize(self, text: str) -> str:
         return HTML_TAG.sub(" ", text) if self.settings.strip_html else text
@@ -67,6 +71,11 @@ class Hasher:
 
     def string(self, token_hash: int) -> str:
         return self.tokenizer.vocab.strings[token_hash]
+
+    def hashes_of(self, tokens: list[str]) -> np.ndarray:
+        """The hash each vocabulary string has as a token (its LOWER or ORTH value)."""
+        strings = self.tokenizer.vocab.strings
+        return np.fromiter((strings.add(token) for token in tokens), dtype=np.uint64, count=len(tokens))
 
 
 class HashLookup:
@@ -86,3 +95,56 @@ class HashLookup:
         pos[pos == len(self.sorted_hashes)] = 0
         found = self.sorted_hashes[pos] == hashes
         return np.where(found, self.sorted_ids[pos], UNK_ID).astype(np.int32, copy=False)
+
+
+# --- hashing in worker processes ------------------------------------------------------------
+_worker_hasher: Hasher | None = None
+
+
+def _init_worker(settings: TextSettings) -> None:
+    global _worker_hasher
+    _worker_hasher = Hasher(settings)
+
+
+def _run_task(task: Callable[[Hasher, list[str]], object], texts: list[str]) -> object:
+    assert _worker_hasher is not None
+    return task(_worker_hasher, texts)
+
+
+class Workers:
+    """Runs `task(hasher, texts)` over batches of texts in order, in-process (workers=1) or in a
+    process pool with a bounded amount of work in flight. `task` must be a module-level function."""
+
+    def __init__(self, settings: TextSettings, workers: int, task: Callable[[Hasher, list[str]], object]):
+        self.settings, self.workers, self.task, self.pool = settings, workers, task, None
+
+    def __enter__(self) -> Workers:
+        if self.workers == 1:
+            _init_worker(self.settings)
+        else:
+            # forkserver: no fork of a threaded parent (pyarrow, ONNX Runtime), yet workers start
+            # fast because the server imports spaCy once (without torch: see pipeline.torchless).
+            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                context.set_forkserver_preload(["pipeline.torchless", "spacy", "pipeline.text"])
+            self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.settings,))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
+
+    def map(self, batches: Iterable[list[str]]) -> Iterator:
+        if self.pool is None:
+            for texts in batches:
+                yield _run_task(self.task, texts)
+            return
+        pending: deque = deque()
+        for texts in batches:
+            pending.append(self.pool.apply_async(_run_task, (self.task, texts)))
+            if len(pending) >= 4 * self.workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()

@@ -14,10 +14,8 @@ text.json (the settings that turn text into tokens, for inference).
 from __future__ import annotations
 
 import json
-import multiprocessing
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,67 +27,20 @@ from pipeline.files import atomic_file, staged_dir, write_json
 from pipeline.params import TokenizeParams
 from pipeline.paths import PROCESSED_DIR, RAW_DIR, TOKENIZE_REPORT
 from pipeline.system import available_cores
-from pipeline.text import PAD, UNK, UNK_ID, Hasher, HashLookup, TextSettings, make_tokenizer
+from pipeline.text import PAD, UNK, UNK_ID, Hasher, HashLookup, TextSettings, Workers, make_tokenizer
 
 SPLITS = ("train", "validation", "test")
 REMAP_CHUNK = 1 << 22  # hashes mapped to ids per step, bounding memory
 
 
-# --- work done in each worker process -------------------------------------------------
-_hasher: Hasher | None = None
-_sent: set[int] = set()  # hashes whose strings this worker already sent to the parent
-
-
-def _init_worker(settings: TextSettings) -> None:
-    global _hasher, _sent
-    _hasher, _sent = Hasher(settings), set()
-
-
-def _hash_texts(texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
-    """Token hashes and full lengths of a batch, its distinct hashes with counts, and new strings."""
-    assert _hasher is not None
-    hashes, lengths = _hasher.hash_batch(texts)
+def _hash_texts(hasher: Hasher, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[int, str]]:
+    """Token hashes and full lengths of a batch, its distinct hashes with counts, and the strings
+    of hashes this worker has not reported before (each string crosses the process boundary once)."""
+    hashes, lengths = hasher.hash_batch(texts)
     distinct, counts = np.unique(hashes, return_counts=True)
-    new = [h for h in distinct.tolist() if h not in _sent]
-    _sent.update(new)
-    return hashes, lengths, distinct, counts, {h: _hasher.string(h) for h in new}
-
-
-class Workers:
-    """Runs _hash_texts over batches in order, in-process or in a pool, with bounded work in flight."""
-
-    def __init__(self, settings: TextSettings, workers: int):
-        self.settings, self.workers, self.pool = settings, workers, None
-
-    def __enter__(self) -> Workers:
-        if self.workers == 1:
-            _init_worker(self.settings)
-        else:
-            # forkserver: no fork of a threaded parent (pyarrow), yet workers start fast
-            # because the server imports spaCy once.
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            if method == "forkserver":
-                context.set_forkserver_preload(["spacy", "pipeline.text"])
-            self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.settings,))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
-
-    def map(self, batches: Iterable[list[str]]) -> Iterator[tuple]:
-        if self.pool is None:
-            yield from map(_hash_texts, batches)
-            return
-        pending: deque = deque()
-        for batch in batches:
-            pending.append(self.pool.apply_async(_hash_texts, (batch,)))
-            if len(pending) >= 4 * self.workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    new = [h for h in distinct.tolist() if h not in hasher.reported]
+    hasher.reported.update(new)
+    return hashes, lengths, distinct, counts, {h: hasher.string(h) for h in new}
 
 
 # --- the stage ----------------------------------------------------------------------------
@@ -138,7 +89,7 @@ def run_tokenize(
     lengths: dict[str, np.ndarray] = {}
     train_distinct, train_counts = [], []
     with staged_dir(out_dir) as staging:
-        with Workers(settings, workers) as pool:  # closed before the remap, which needs no workers
+        with Workers(settings, workers, _hash_texts) as pool:  # closed before the remap, which needs no workers
             for split in SPLITS:
                 rows = meta[split][0]
                 bar = tqdm(total=rows, desc=f"tokenize {split}", unit="doc", disable=None if progress is None else not progress)

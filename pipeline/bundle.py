@@ -1,0 +1,161 @@
+"""The inference bundle written by `export`, and a classifier that runs it without torch.
+
+models/export/
+  model.onnx        fp32 graph: inputs ids int64 (batch, time) right-padded with 0 and
+                    lengths int64 (batch,); output logits float32 (batch, classes)
+  model.int8.onnx   the same graph with int8 weights (ONNX Runtime dynamic quantization)
+  vocab.json        [token, train count] per id, as the tokenize stage wrote it
+  labels.json       class names, index = class id
+  text.json         tokenizer settings (language, lowercase, strip_html, max_tokens)
+  manifest.json     format, versions, params, and the size and SHA-256 of every file above
+
+Only NumPy, spaCy and ONNX Runtime are imported here, so that `predict` starts fast and
+deploys without torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.batching import TokenizedSplit, length_grouped_batches
+from pipeline.errors import PipelineError
+from pipeline.metrics import softmax
+from pipeline.text import PAD_ID, HashLookup, Hasher, TextSettings
+
+BUNDLE_FORMAT = 1
+FP32_MODEL, INT8_MODEL = "model.onnx", "model.int8.onnx"
+VOCAB, LABELS, TEXT_SETTINGS, MANIFEST = "vocab.json", "labels.json", "text.json", "manifest.json"
+BUNDLE_FILES = (FP32_MODEL, INT8_MODEL, VOCAB, LABELS, TEXT_SETTINGS)
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
+
+
+def pad_batch(ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad id arrays with <pad> into the model's two inputs."""
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+    padded = np.full((len(ids), int(lengths.max(initial=0))), PAD_ID, dtype=np.int64)
+    for row, doc in enumerate(ids):
+        padded[row, : len(doc)] = doc
+    return padded, lengths
+
+
+def onnx_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session with every graph optimization; `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT's warnings are about its own graph rewrites
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for a damaged model
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise PipelineError(f"{path}: ONNX Runtime cannot load it ({message}); rerun the export stage") from None
+
+
+def run_session(session, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    return session.run(None, {"ids": ids, "lengths": lengths})[0]
+
+
+def session_logits(session, split: TokenizedSplit, batch_size: int) -> np.ndarray:
+    """float32 logits for a tokenized split in its order, batched by length like `predict_logits`."""
+    out: np.ndarray | None = None
+    for indices in length_grouped_batches(split.lengths, batch_size):
+        ids, lengths, _ = split.batch(indices)
+        logits = run_session(session, ids, lengths)
+        if out is None:
+            out = np.zeros((len(split), logits.shape[1]), dtype=np.float32)
+        out[indices] = logits
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+@dataclass
+class Bundle:
+    folder: Path
+    manifest: dict[str, Any]
+    labels: list[str]
+    settings: TextSettings
+    tokens: list[str]  # index = token id
+
+    @classmethod
+    def load(cls, folder: Path, verify: Sequence[str] = BUNDLE_FILES) -> Bundle:
+        """Read a bundle, checking the files in `verify` against the manifest's checksums."""
+        if not folder.is_dir():
+            raise PipelineError(f"{folder}: no model bundle there; run the export stage (dvc repro) or pass a bundle folder")
+        manifest = cls._read_json(folder / MANIFEST)
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT or not isinstance(manifest.get("files"), dict):
+            raise PipelineError(f"{folder / MANIFEST}: not a manifest of this pipeline (format {BUNDLE_FORMAT}); rerun the export stage")
+        for name in verify:
+            path, expected = folder / name, manifest["files"].get(name)
+            if not path.is_file():
+                raise PipelineError(f"{path} is missing from the bundle; rerun the export stage")
+            if not isinstance(expected, dict) or path.stat().st_size != expected.get("bytes") or sha256_of(path) != expected.get("sha256"):
+                raise PipelineError(f"{path} does not match the checksum in {MANIFEST} (changed or damaged); rerun the export stage")
+        try:
+            labels = [str(x) for x in cls._read_json(folder / LABELS)]
+            settings = TextSettings(**cls._read_json(folder / TEXT_SETTINGS))
+            tokens = [str(entry[0]) for entry in cls._read_json(folder / VOCAB)["tokens"]]
+        except (TypeError, KeyError, IndexError) as exc:
+            raise PipelineError(f"{folder}: labels, text settings or vocabulary malformed ({exc}); rerun the export stage") from None
+        return cls(folder, manifest, labels, settings, tokens)
+
+    @staticmethod
+    def _read_json(path: Path) -> Any:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PipelineError(f"{path} is missing from the bundle; rerun the export stage") from None
+        except (OSError, ValueError) as exc:
+            raise PipelineError(f"{path}: not readable JSON ({exc}); rerun the export stage") from None
+
+
+class Classifier:
+    """Text in, class probabilities out: the bundle's tokenizer, vocabulary and ONNX model."""
+
+    def __init__(self, bundle: Bundle, int8: bool = True, threads: int | None = None):
+        self.bundle, self.labels = bundle, bundle.labels
+        self.session = onnx_session(bundle.folder / (INT8_MODEL if int8 else FP32_MODEL), threads)
+        self.hasher = Hasher(bundle.settings)
+        self.lookup = HashLookup(np.concatenate([np.zeros(2, np.uint64), self.hasher.hashes_of(bundle.tokens[2:])]))
+
+    def token_ids(self, hashes: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
+        """Split one batch's hashes (as `Hasher.hash_batch` returns them) into id arrays per text."""
+        if len(lengths) == 0:
+            return []
+        kept = np.minimum(lengths, self.bundle.settings.max_tokens)
+        return np.split(self.lookup.ids(hashes).astype(np.int64), np.cumsum(kept)[:-1])
+
+    def encode(self, texts: list[str]) -> list[np.ndarray]:
+        return self.token_ids(*self.hasher.hash_batch(texts))
+
+    def probabilities(self, ids: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """(texts, classes) float64 probabilities; texts of similar length are run together."""
+        result = np.zeros((len(ids), len(self.labels)))
+        order = np.argsort([len(x) for x in ids], kind="stable")
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            result[rows] = softmax(run_session(self.session, *pad_batch([ids[i] for i in rows])).astype(np.float64))
+        return result
+
+    def predict(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.probabilities(self.encode(texts), batch_size)

@@ -1,0 +1,281 @@
+"""`export` stage: the best checkpoint -> an ONNX inference bundle (fp32 and int8) in
+models/export/, checked and measured, with the numbers in reports/export.json.
+
+Checks (any failure stops the stage and leaves the previous bundle in place):
+  - onnx.checker on the fp32 graph;
+  - parity: ONNX Runtime fp32 logits against PyTorch on the whole test split plus edge
+    inputs (an empty text, a one-token text, the longest test text);
+  - the bundle's own tokenizer (spaCy + vocabulary, as `predict` runs it) reproduces the
+    tokenized test ids from the raw test texts.
+Measured: accuracy of PyTorch fp32, ONNX fp32 and ONNX int8 on the whole test split;
+batch-1 latency (p50, p95) and batch-64 throughput of the three, on the model alone
+(token ids in, logits out), interleaved call by call after a warm-up so that every engine
+sees the same documents and the same machine noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import shutil
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import __version__
+from pipeline.batching import TokenizedSplit, read_labels, read_test_texts
+from pipeline.bundle import (
+    BUNDLE_FORMAT,
+    FP32_MODEL,
+    INT8_MODEL,
+    LABELS,
+    MANIFEST,
+    TEXT_SETTINGS,
+    VOCAB,
+    Bundle,
+    Classifier,
+    file_entry,
+    onnx_session,
+    pad_batch,
+    run_session,
+    session_logits,
+)
+from pipeline.engine import load_checkpoint, model_from_checkpoint, predict_logits
+from pipeline.errors import PipelineError
+from pipeline.files import staged_dir, write_json
+from pipeline.metrics import classification_metrics
+from pipeline.params import ExportParams, Params
+from pipeline.system import available_cores
+
+# ops whose weights ONNX Runtime's dynamic quantization turns to int8 (Gather: embedding tables)
+QUANTIZED_OPS = ["Gather", "MatMul", "Gemm", "Conv", "LSTM", "Attention"]
+THROUGHPUT_BATCH = 64
+TOKENIZER_CHECK_DOCUMENTS = 2000
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """The exporter and quantizer log warnings about their internals (missing torchvision ops,
+    pre-processing advice) that say nothing about our model; errors still surface."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logging.disable(previous)
+
+
+def export_onnx(model: torch.nn.Module, vocab_size: int, path: Path, opset: int) -> None:
+    """Trace with torch.export (dynamo) with dynamic batch and time axes, save, check the graph."""
+    import onnx
+    from torch.export import Dim
+
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(2, max(vocab_size, 3), (2, 16), generator=generator)
+    lengths = torch.tensor([16, 5])
+    # time may be 0 (an empty text): min=0 keeps the traced graph valid for it
+    dynamic = {"ids": {0: Dim("batch"), 1: Dim("time", min=0)}, "lengths": {0: Dim("batch")}}
+    with quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            model, (ids, lengths), dynamo=True, input_names=["ids", "lengths"], output_names=["logits"],
+            dynamic_shapes=dynamic, opset_version=opset, verbose=False,
+        )
+        program.save(str(path))
+    onnx.checker.check_model(str(path), full_check=True)
+
+
+def quantize_int8(fp32_path: Path, int8_path: Path, min_weights: int) -> list[str]:
+    """Dynamic int8 quantization of every weight with at least `min_weights` elements
+    (embedding tables included); returns the op types that were quantized."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(fp32_path), load_external_data=False).graph
+    sizes = {init.name: int(np.prod(init.dims)) for init in graph.initializer}
+    small = [n.name for n in graph.node if n.op_type in QUANTIZED_OPS and max((sizes.get(i, 0) for i in n.input), default=0) < min_weights]
+    with quiet():
+        quantize_dynamic(
+            str(fp32_path), str(int8_path), weight_type=QuantType.QUInt8,
+            op_types_to_quantize=QUANTIZED_OPS, nodes_to_exclude=small,
+        )
+    fp32_ops = {n.op_type for n in graph.node}
+    int8_ops = {n.op_type for n in onnx.load(str(int8_path), load_external_data=False).graph.node}
+    return sorted(int8_ops - fp32_ops)
+
+
+def edge_inputs(test: TokenizedSplit) -> tuple[np.ndarray, np.ndarray]:
+    """An empty text, a one-token text and the longest test text, in one batch."""
+    longest = int(np.argmax(test.lengths))
+    ids, _, _ = test.batch(np.array([longest]))
+    return pad_batch([np.zeros(0, np.int64), ids[0, :1], ids[0]])
+
+
+def check_tokenizer(classifier: Classifier, texts, test: TokenizedSplit, rng: np.random.Generator) -> int:
+    """Tokenize raw test texts the way `predict` does; every one must give the stored ids."""
+    picked = np.sort(rng.choice(len(test), min(len(test), TOKENIZER_CHECK_DOCUMENTS), replace=False))
+    encoded = classifier.encode([texts.iloc[i] or "" for i in picked])
+    for index, ids in zip(picked, encoded):
+        expected = test.ids[test.offsets[index] : test.offsets[index + 1]]
+        if not np.array_equal(ids, expected):
+            raise PipelineError(
+                f"the bundle's tokenizer gives other token ids than data/processed for test text {index}; "
+                "the tokenized data is stale (was spaCy upgraded?): rerun the tokenize stage"
+            )
+    return len(picked)
+
+
+def time_interleaved(engines: dict[str, Callable], inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int) -> dict[str, np.ndarray]:
+    """Seconds per call of each engine on each input; engines take turns call by call."""
+    times = {name: [] for name in engines}
+    for position, (ids, lengths) in enumerate(inputs):
+        for name, call in engines.items():
+            started = time.perf_counter()
+            call(ids, lengths)
+            if position >= warmup:
+                times[name].append(time.perf_counter() - started)
+    return {name: np.array(values) for name, values in times.items()}
+
+
+def measure_speed(engines: dict[str, Callable], test: TokenizedSplit, config: ExportParams) -> dict[str, float]:
+    rng = np.random.default_rng(config.seed)
+    count = config.latency_warmup + config.latency_runs
+    singles = [test.batch(np.array([i]))[:2] for i in rng.choice(len(test), count, replace=count > len(test))]
+    batch_warmup = 2
+    batches = [
+        test.batch(rng.choice(len(test), THROUGHPUT_BATCH, replace=THROUGHPUT_BATCH > len(test)))[:2]
+        for _ in range(batch_warmup + config.throughput_batches)
+    ]
+    single_times = time_interleaved(engines, singles, config.latency_warmup)
+    batch_times = time_interleaved(engines, batches, batch_warmup)
+    result = {}
+    for name, times in single_times.items():
+        result[f"latency_ms_batch1_{name}"] = round(float(np.percentile(times, 50)) * 1e3, 4)
+    for name, times in single_times.items():
+        result[f"latency_ms_batch1_p95_{name}"] = round(float(np.percentile(times, 95)) * 1e3, 4)
+    for name, times in batch_times.items():
+        result[f"throughput_batch64_{name}"] = round(THROUGHPUT_BATCH * len(times) / float(times.sum()), 1)
+    return result
+
+
+def library_versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import spacy
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "spacy": spacy.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def run_export(
+    params: Params,
+    checkpoint_path: Path,
+    processed: Path,
+    raw_test: Path,
+    out_dir: Path,
+    report_path: Path,
+) -> dict[str, float]:
+    """Export, quantize, check and measure; write the bundle and the report."""
+    config = params.export
+    started = time.perf_counter()
+    threads = config.threads or available_cores()
+    torch.set_num_threads(threads)
+    checkpoint = load_checkpoint(checkpoint_path)
+    labels = read_labels(processed)
+    if list(checkpoint["labels"]) != labels:
+        raise PipelineError(f"{checkpoint_path} was trained on other classes than {processed}/labels.json; rerun the train stage")
+    test = TokenizedSplit(processed / "test")
+    if len(test) == 0:
+        raise PipelineError(f"{processed}/test is empty; check the download stage's output")
+    texts = read_test_texts(raw_test, len(test))
+    model = model_from_checkpoint(checkpoint)
+    actual = test.labels.astype(np.int64)
+
+    with staged_dir(out_dir) as bundle_dir:
+        export_onnx(model, checkpoint["vocab_size"], bundle_dir / FP32_MODEL, config.opset)
+        int8_ops = quantize_int8(bundle_dir / FP32_MODEL, bundle_dir / INT8_MODEL, config.int8_min_weights)
+        for name in (VOCAB, LABELS, TEXT_SETTINGS):
+            source = processed / name
+            if not source.is_file():
+                raise PipelineError(f"{source} not found; rerun the tokenize stage")
+            shutil.copyfile(source, bundle_dir / name)
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "pipeline_version": __version__,
+            "arch": checkpoint["model_config"]["arch"],
+            "opset": config.opset,
+            "inputs": {"ids": "int64 [batch, time], token ids right-padded with 0", "lengths": "int64 [batch]"},
+            "outputs": {"logits": "float32 [batch, classes], in labels.json order"},
+            "int8_quantized_ops": int8_ops,
+            "versions": library_versions(),
+            "params": {
+                "model": checkpoint["model_config"],
+                "text": json.loads((processed / TEXT_SETTINGS).read_text(encoding="utf-8")),
+                "export": config.model_dump(),
+            },
+            "files": {name: file_entry(bundle_dir / name) for name in (FP32_MODEL, INT8_MODEL, VOCAB, LABELS, TEXT_SETTINGS)},
+        }
+        write_json(bundle_dir / MANIFEST, manifest)
+
+        bundle = Bundle.load(bundle_dir)
+        fp32 = onnx_session(bundle_dir / FP32_MODEL, threads)
+        classifier = Classifier(bundle, int8=True, threads=threads)
+        int8 = classifier.session
+        checked = check_tokenizer(classifier, texts, test, np.random.default_rng(config.seed))
+
+        torch_logits = predict_logits(model, test, config.batch_size, torch.device("cpu"))
+        fp32_logits = session_logits(fp32, test, config.batch_size)
+        int8_logits = session_logits(int8, test, config.batch_size)
+        edge_ids, edge_lengths = edge_inputs(test)
+        with torch.inference_mode():
+            edge_torch = model(torch.from_numpy(edge_ids), torch.from_numpy(edge_lengths)).numpy()
+        fp32_diff = max(np.abs(fp32_logits - torch_logits).max(), np.abs(run_session(fp32, edge_ids, edge_lengths) - edge_torch).max())
+        int8_diff = max(np.abs(int8_logits - torch_logits).max(), np.abs(run_session(int8, edge_ids, edge_lengths) - edge_torch).max())
+
+        def torch_call(ids: np.ndarray, lengths: np.ndarray) -> None:
+            with torch.inference_mode():
+                model(torch.from_numpy(ids), torch.from_numpy(lengths))
+
+        speed = measure_speed(
+            {"torch_fp32": torch_call, "onnx_fp32": lambda *x: run_session(fp32, *x), "onnx_int8": lambda *x: run_session(int8, *x)},
+            test,
+            config,
+        )
+
+    accuracy = {name: classification_metrics(logits, actual, labels)["accuracy"] for name, logits in
+                (("torch_fp32", torch_logits), ("onnx_fp32", fp32_logits), ("onnx_int8", int8_logits))}
+    fp32_bytes, int8_bytes = manifest["files"][FP32_MODEL]["bytes"], manifest["files"][INT8_MODEL]["bytes"]
+    report = {
+        "torch_fp32_accuracy": accuracy["torch_fp32"],
+        "onnx_fp32_accuracy": accuracy["onnx_fp32"],
+        "onnx_int8_accuracy": accuracy["onnx_int8"],
+        "onnx_int8_accuracy_drop": round(accuracy["torch_fp32"] - accuracy["onnx_int8"], 6),
+        "onnx_int8_agreement": round(float((int8_logits.argmax(1) == torch_logits.argmax(1)).mean()), 6),
+        "onnx_fp32_max_abs_diff": float(fp32_diff),
+        "onnx_int8_max_abs_diff": float(int8_diff),
+        "onnx_fp32_bytes": fp32_bytes,
+        "onnx_int8_bytes": int8_bytes,
+        "onnx_int8_size_ratio": round(int8_bytes / fp32_bytes, 4),
+        **speed,
+        "int8_speedup_batch1": round(speed["latency_ms_batch1_torch_fp32"] / speed["latency_ms_batch1_onnx_int8"], 3),
+        "opset": config.opset,
+        "documents": len(test),
+        "tokenizer_checked_documents": checked,
+        "threads": threads,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+    write_json(report_path, report)
+    return report
