@@ -18,7 +18,7 @@ runner = CliRunner()
 def test_help_lists_the_stage_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("download", "tokenize", "train", "evaluate"):
+    for command in ("download", "tokenize", "train", "evaluate", "export", "predict"):
         assert command in result.output
 
 

@@ -37,6 +37,8 @@ def project(tmp_path: Path) -> Path:
     write_csv(root / "source" / "test.csv", labelled_rows(20, offset=500))
     set_param(root, "download", "source", "source")
     set_param(root, "model", "bag", {"ngram": 2, "buckets": 5000, "sparse": True})  # a small model: fast
+    set_param(root, "export", "latency_runs", 10)
+    set_param(root, "export", "throughput_batches", 1)
     sh("git", "init", "-q", cwd=root)
     sh("git", "config", "user.email", "t@example.com", cwd=root)
     sh("git", "config", "user.name", "test", cwd=root)
@@ -54,23 +56,25 @@ def set_param(root: Path, section: str, key: str, value: object) -> None:
 
 
 def test_repro_noop_and_param_change(project):
-    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "evaluate", "tokenize", "train"]
-    assert (project / "models" / "train" / "best.pt").is_file()
+    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "evaluate", "export", "tokenize", "train"]
+    assert (project / "models" / "train" / "best.pt").is_file() and (project / "models" / "export" / "model.int8.onnx").is_file()
     sh("git", "add", "dvc.lock", cwd=project)
     sh("git", "commit", "-qm", "first run", cwd=project)
     assert ran(sh("dvc", "repro", cwd=project)) == []
 
-    # a train param reruns train and evaluate only, and the metrics change shows in a diff
-    assert ran(sh("dvc", "exp", "run", "-S", "train.lr=0.002", cwd=project)) == ["evaluate", "train"]
+    # a train param reruns train and the stages after it, and the metrics change shows in a diff
+    assert ran(sh("dvc", "exp", "run", "-S", "train.lr=0.002", cwd=project)) == ["evaluate", "export", "train"]
     diff = sh("dvc", "metrics", "diff", "HEAD", cwd=project)
     assert "reports/metrics.json" in diff and "loss" in diff
     shown = sh("dvc", "metrics", "show", cwd=project)
-    assert "accuracy" in shown and "vocab_size" in shown and "best_epoch" in shown
+    assert "accuracy" in shown and "vocab_size" in shown and "best_epoch" in shown and "onnx_int8_accuracy" in shown
+    # an export param reruns export only
+    assert ran(sh("dvc", "exp", "run", "-S", "export.latency_runs=12", cwd=project)) == ["export"]
 
     set_param(project, "tokenize", "min_freq", 1)
-    assert ran(sh("dvc", "repro", cwd=project)) == ["evaluate", "tokenize", "train"]
+    assert ran(sh("dvc", "repro", cwd=project)) == ["evaluate", "export", "tokenize", "train"]
     set_param(project, "download", "seed", 7)
-    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "evaluate", "tokenize", "train"]
+    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "evaluate", "export", "tokenize", "train"]
 
 
 def test_bad_params_in_exp_run_name_the_key(project):

@@ -81,7 +81,7 @@ def test_missing_or_damaged_checkpoint(project, tmp_path):
 
 
 def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
-    """The whole pipeline so far, by its CLI with default model and train params, on AG News."""
+    """The whole pipeline, by its CLI with default model, train and export params, on AG News."""
     source = needs_shared("ag_news", "test.csv")
     write_params(
         tmp_path,
@@ -92,7 +92,7 @@ def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
             "label_names": {1: "World", 2: "Sports", 3: "Business", 4: "Sci/Tech"},
         },
     )
-    for command in ("download", "tokenize", "train", "evaluate"):
+    for command in ("download", "tokenize", "train", "evaluate", "export"):
         result = run_cli(command, cwd=tmp_path)
         assert result.returncode == 0, (command, result.stderr)
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
@@ -100,3 +100,7 @@ def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
     assert metrics["accuracy"] >= 0.85, metrics  # chance is 0.25
     assert metrics["macro_f1"] >= 0.85
     assert {"World_f1", "Sports_f1", "Business_f1", "Sci/Tech_f1"} <= metrics.keys()
+    export = json.loads((tmp_path / "reports" / "export.json").read_text())
+    assert export["onnx_fp32_accuracy"] == metrics["accuracy"]
+    assert abs(export["onnx_int8_accuracy"] - export["onnx_fp32_accuracy"]) <= 0.005  # int8 stays close
+    assert export["onnx_int8_bytes"] <= 0.3 * export["onnx_fp32_bytes"]

@@ -1,0 +1,228 @@
+"""The export stage and `predict`: real ONNX export, real ONNX Runtime, real spaCy; CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+from conftest import REPO, assert_user_error, labelled_rows, run_cli, write_csv, write_params
+
+from pipeline.bundle import MANIFEST, Bundle, onnx_session, run_session, sha256_of
+from pipeline.download import run_download
+from pipeline.export import edge_inputs, run_export
+from pipeline.params import parse_params
+from pipeline.tokenizing import run_tokenize
+from pipeline.train import run_train
+
+TINY_MODEL = {
+    "embed_dim": 16,
+    "bag": {"buckets": 5000},
+    "cnn": {"filters": 8, "widths": [2, 3]},
+    "lstm": {"hidden": 16},
+    "transformer": {"layers": 1, "heads": 2, "ff_dim": 32, "max_positions": 64},
+}
+# quick measurements, and every weight quantized so that the int8 paths run even in tiny models
+FAST_EXPORT = {"latency_runs": 10, "latency_warmup": 2, "throughput_batches": 2, "int8_min_weights": 0}
+REPORT_KEYS = {
+    "onnx_fp32_accuracy", "onnx_int8_accuracy", "onnx_fp32_max_abs_diff", "onnx_fp32_bytes", "onnx_int8_bytes",
+    "latency_ms_batch1_torch_fp32", "latency_ms_batch1_onnx_fp32", "latency_ms_batch1_onnx_int8",
+    "throughput_batch64_onnx_int8", "opset",
+}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """download -> tokenize -> train -> evaluate -> export by the CLI, in the default layout."""
+    root = tmp_path_factory.mktemp("project")
+    write_csv(root / "source" / "train.csv", labelled_rows(400))
+    write_csv(root / "source" / "test.csv", labelled_rows(140, offset=9000))
+    write_params(
+        root,
+        download={"source": str(root / "source")},
+        tokenize={"workers": 1, "min_freq": 1},
+        model=TINY_MODEL,
+        train={"max_epochs": 3, "lr": 0.05, "threads": 1},
+        export={**FAST_EXPORT, "threads": 1},
+    )
+    for command in ("download", "tokenize", "train", "evaluate", "export"):
+        result = run_cli(command, cwd=root)
+        assert result.returncode == 0, (command, result.stderr)
+    return root
+
+
+def predict(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "predict", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300
+    )
+
+
+def records(result: subprocess.CompletedProcess) -> list[dict]:
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def test_bundle_and_report(project):
+    report = json.loads((project / "reports" / "export.json").read_text())
+    assert REPORT_KEYS <= report.keys()
+    assert all(isinstance(v, (int, float)) for v in report.values())  # flat numbers: DVC metrics
+    assert report["onnx_fp32_max_abs_diff"] <= 1e-4
+    # the PyTorch accuracy here is the evaluate stage's, and ONNX fp32 agrees with it
+    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    assert report["torch_fp32_accuracy"] == metrics["accuracy"] == report["onnx_fp32_accuracy"]
+    assert abs(report["onnx_int8_accuracy"] - report["onnx_fp32_accuracy"]) <= 0.05
+    assert report["documents"] == 140 and report["tokenizer_checked_documents"] == 140
+
+    bundle = project / "models" / "export"
+    manifest = json.loads((bundle / MANIFEST).read_text())
+    assert manifest["arch"] == "bag" and manifest["opset"] == 18
+    assert {"torch", "onnx", "onnxruntime", "spacy"} <= manifest["versions"].keys()
+    assert manifest["params"]["text"] == {"language": "en", "lowercase": True, "strip_html": True, "max_tokens": 1000}
+    for name, entry in manifest["files"].items():
+        assert sha256_of(bundle / name) == entry["sha256"] and (bundle / name).stat().st_size == entry["bytes"]
+    assert report["onnx_fp32_bytes"] == manifest["files"]["model.onnx"]["bytes"]
+
+    graph = onnx.load(str(bundle / "model.onnx"))
+    onnx.checker.check_model(graph, full_check=True)
+    assert graph.opset_import[0].version == 18
+    ids = graph.graph.input[0].type.tensor_type.shape.dim
+    assert ids[0].dim_param and ids[1].dim_param  # dynamic batch and time axes
+    assert {"DequantizeLinear", "MatMulInteger"} <= {n.op_type for n in onnx.load(str(bundle / "model.int8.onnx")).graph.node}
+
+
+@pytest.mark.parametrize("arch", ["bag", "cnn", "lstm", "transformer"])
+def test_every_architecture_exports_with_parity(project, arch, tmp_path):
+    processed, raw = project / "data" / "processed", project / "data" / "raw"
+    params = parse_params({"model": {**TINY_MODEL, "arch": arch}, "train": {"max_epochs": 1, "lr": 0.02, "threads": 1}, "export": FAST_EXPORT})
+    run_train(params, processed, tmp_path / "models", tmp_path / "train.json", tmp_path / "live", tmp_path / "resume", progress=False)
+    report = run_export(params, tmp_path / "models" / "best.pt", processed, raw / "test.parquet", tmp_path / "export", tmp_path / "export.json")
+    assert report["onnx_fp32_max_abs_diff"] <= 1e-4, report
+    assert report["onnx_fp32_accuracy"] == report["torch_fp32_accuracy"]
+    assert abs(report["onnx_int8_accuracy"] - report["onnx_fp32_accuracy"]) <= 0.1
+    quantized = set(json.loads((tmp_path / "export" / MANIFEST).read_text())["int8_quantized_ops"])
+    assert quantized >= {"DynamicQuantizeLSTM"} if arch == "lstm" else quantized >= {"DequantizeLinear"}
+
+    # the empty text and a one-token text run through the exported graph, and agree with PyTorch
+    from pipeline.batching import TokenizedSplit
+
+    session = onnx_session(tmp_path / "export" / "model.onnx")
+    ids, lengths = edge_inputs(TokenizedSplit(processed / "test"))
+    assert lengths.tolist()[:2] == [0, 1]
+    logits = run_session(session, ids, lengths)
+    assert logits.shape == (3, 2) and np.isfinite(logits).all()
+
+
+def test_predict_from_arguments_and_stdin(project):
+    out = records(predict("a great film, truly wonderful", "", "dreadful mess", cwd=project))
+    assert [r["text"] for r in out] == ["a great film, truly wonderful", "", "dreadful mess"]
+    assert out[0]["label"] == "pos" and out[2]["label"] == "neg"
+    for r in out:  # the empty text gets a prediction like any other
+        assert set(r) == {"text", "label", "score", "probabilities"}
+        assert set(r["probabilities"]) == {"neg", "pos"}
+        assert r["score"] == max(r["probabilities"].values()) and abs(sum(r["probabilities"].values()) - 1) < 1e-5
+
+    piped = records(predict(cwd=project, stdin="a great film, truly wonderful\n\ndreadful mess\n"))
+    assert [(r["text"], r["label"]) for r in piped] == [(r["text"], r["label"]) for r in out]
+    # the bundle as the first argument, and the fp32 model
+    explicit = records(predict(str(project / "models" / "export"), "--fp32", "dreadful mess", cwd=project.parent))
+    assert explicit[0]["label"] == "neg" and explicit[0]["text"] == "dreadful mess"
+
+
+def test_predict_files_agree_with_the_export_stage(project, tmp_path):
+    """predict on the raw test texts reproduces the export stage's int8 accuracy."""
+    test = pd.read_parquet(project / "data" / "raw" / "test.parquet")
+    test.to_csv(tmp_path / "test.csv", index=False)
+    test.rename(columns={"text": "review"}).to_json(tmp_path / "test.jsonl", orient="records", lines=True)
+    (tmp_path / "test.txt").write_text("\n".join(test["text"]) + "\n", encoding="utf-8")
+
+    report = json.loads((project / "reports" / "export.json").read_text())
+    for args in (["--file", str(tmp_path / "test.csv")], ["--file", str(tmp_path / "test.jsonl"), "--column", "review"],
+                 ["--file", str(tmp_path / "test.txt")]):
+        out = records(predict(*args, cwd=project))
+        assert [r["text"] for r in out] == test["text"].tolist()
+        accuracy = np.mean([r["label"] == label for r, label in zip(out, test["label"])])
+        assert abs(accuracy - report["onnx_int8_accuracy"]) <= 1 / len(test), args
+
+    written = predict("--file", str(tmp_path / "test.csv"), "--out", str(tmp_path / "out.jsonl"), cwd=project)
+    assert written.returncode == 0 and "140 texts" in written.stderr
+    assert len((tmp_path / "out.jsonl").read_text().splitlines()) == 140
+
+
+def test_predict_in_worker_processes_keeps_the_order(project, tmp_path):
+    texts = [text for text, _ in labelled_rows(1300, offset=20000)]  # more than two chunks
+    (tmp_path / "many.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    pooled = records(predict("--file", str(tmp_path / "many.txt"), "--workers", "2", cwd=project))
+    single = records(predict("--file", str(tmp_path / "many.txt"), "--workers", "1", cwd=project))
+    assert [r["text"] for r in pooled] == texts
+    assert pooled == single
+
+
+def test_predict_does_not_import_torch(project):
+    code = (
+        "import sys\n"
+        "from pipeline.cli import app\n"
+        "try:\n"
+        "    app(['predict', 'a great film'])\n"
+        "except SystemExit as exit:\n"
+        "    assert not exit.code, exit.code\n"
+        "print('torch loaded:', sys.modules.get('torch') is not None)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=project, env={**os.environ, "PYTHONPATH": str(REPO)},
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert '"label"' in result.stdout and "torch loaded: False" in result.stdout
+
+
+@pytest.fixture
+def bundle_copy(project, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(project / "models" / "export", tmp_path / "bundle"))
+
+
+def test_corrupt_bundles_are_named(project, bundle_copy, tmp_path):
+    assert_user_error(predict(str(tmp_path / "nothing"), "text", cwd=tmp_path), "no model bundle", "export")  # not a folder: a text
+    assert_user_error(predict("text", cwd=tmp_path), "models/export", "no model bundle")
+
+    model = bundle_copy / "model.int8.onnx"
+    model.write_bytes(model.read_bytes()[:-10] + b"0123456789")
+    assert_user_error(predict(str(bundle_copy), "text", cwd=tmp_path), "model.int8.onnx", "checksum")
+    assert records(predict(str(bundle_copy), "--fp32", "text", cwd=tmp_path))  # only the files used are checked
+
+    # damaged, with a manifest that agrees: ONNX Runtime's refusal becomes one clear line
+    model.write_bytes(b"not an onnx model")
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    manifest["files"]["model.int8.onnx"] = {"bytes": model.stat().st_size, "sha256": sha256_of(model)}
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    assert_user_error(predict(str(bundle_copy), "text", cwd=tmp_path), "model.int8.onnx", "ONNX Runtime cannot load it")
+
+    (bundle_copy / MANIFEST).write_text("{not json")
+    assert_user_error(predict(str(bundle_copy), "text", cwd=tmp_path), "manifest.json", "not readable JSON")
+    (bundle_copy / MANIFEST).unlink()
+    assert_user_error(predict(str(bundle_copy), "text", cwd=tmp_path), "manifest.json", "missing")
+
+
+def test_predict_input_errors(project, tmp_path):
+    assert_user_error(predict("--file", str(tmp_path / "none.txt"), cwd=project), "none.txt", "no such file")
+    write_csv(tmp_path / "t.csv", [("x", "y")], header=("body", "label"))
+    assert_user_error(predict("--file", str(tmp_path / "t.csv"), cwd=project), "no column 'text'", "body", "--column")
+    (tmp_path / "t.jsonl").write_text('{"text": "fine"}\n[1, 2]\n')
+    assert_user_error(predict("--file", str(tmp_path / "t.jsonl"), cwd=project), "t.jsonl:2", "text")
+    (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    assert_user_error(predict("--file", str(tmp_path / "latin.txt"), cwd=project), "latin.txt", "UTF-8")
+    assert_user_error(predict("--file", str(tmp_path / "t.csv"), "a text", cwd=project), "not both")
+
+
+def test_export_errors_leave_the_previous_bundle(project, tmp_path):
+    before = sha256_of(project / "models" / "export" / "manifest.json")
+    assert_user_error(run_cli("export", "--checkpoint", str(tmp_path / "none.pt"), cwd=project), "none.pt not found")
+    assert_user_error(run_cli("export", "--raw", str(tmp_path), cwd=project), "test.parquet")
+    assert sha256_of(project / "models" / "export" / "manifest.json") == before
+    assert Bundle.load(project / "models" / "export").labels == ["neg", "pos"]
