@@ -75,6 +75,11 @@ def read_texts(path: Path, column: str = "text") -> Iterator[str]:
             raise PipelineError(f"{path}: malformed CSV ({exc})") from None
 
 
+def _short(probability: float) -> float:
+    """Six significant digits: readable, and a small probability does not collapse to 0."""
+    return float(f"{probability:.6g}")
+
+
 def _hash_texts(hasher: Hasher, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return hasher.hash_batch(texts)
 
@@ -122,8 +127,8 @@ def predict_lines(
                 record = {
                     "text": text,
                     "label": names[top],
-                    "score": round(float(row[top]), 6),
-                    "probabilities": {name: round(float(p), 6) for name, p in zip(names, row)},
+                    "score": _short(row[top]),
+                    "probabilities": {name: _short(p) for name, p in zip(names, row)},
                 }
                 lines.append(json.dumps(record, ensure_ascii=False))
             out.write("\n".join(lines) + "\n")
