@@ -156,6 +156,22 @@ def export(
 
 
 @app.command()
+def report(
+    params: ParamsFile = paths.PARAMS,
+    reports: Annotated[Path, typer.Option(help="Folder with the stages' reports.", file_okay=False)] = paths.REPORTS_DIR,
+    live: Annotated[Path, typer.Option(help="DVCLive folder of the train stage.", file_okay=False)] = paths.TRAIN_LIVE,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the HTML page.", dir_okay=False)] = paths.REPORT_HTML,
+) -> None:
+    """Render every stage's reports into one self-contained HTML page."""
+    with reported_errors():
+        from pipeline.params import load_params
+        from pipeline.report import run_report
+
+        result = run_report(load_params(params), params, reports, live, out)
+        typer.echo(f"report: {len(result['figures'])} figures, {result['bytes'] / 1e3:,.0f} kB -> {out}")
+
+
+@app.command()
 def predict(
     items: Annotated[
         list[str] | None,

@@ -230,6 +230,15 @@ def percentiles(values: np.ndarray) -> dict:
     }
 
 
+def length_histogram(values: np.ndarray) -> dict:
+    """Counts of texts per length bin, bins doubling in width ([0, 1), [1, 2), [2, 4), ...):
+    text lengths span orders of magnitude, so equal-width bins would hide the short ones."""
+    top = int(values.max(initial=0))
+    edges = [0] + [2**i for i in range(0, max(top, 1).bit_length() + 1)]
+    counts, _ = np.histogram(values, bins=edges)
+    return {"edges": edges, "counts": counts.tolist()}
+
+
 def data_report(frames: dict[str, pd.DataFrame], dropped: dict[str, int], source: str) -> dict:
     report: dict = {"source": source, "classes": sorted(frames["train"]["label"].unique().tolist())}
     for split in SPLITS:
@@ -240,7 +249,8 @@ def data_report(frames: dict[str, pd.DataFrame], dropped: dict[str, int], source
             "empty_dropped": dropped[split],
             "classes": {label: int(counts.get(label, 0)) for label in report["classes"]},
             "chars": percentiles(frame["text"].str.len().to_numpy()),
-            "words": percentiles(frame["text"].str.split().str.len().to_numpy()),
+            "words": percentiles(words := frame["text"].str.split().str.len().to_numpy()),
+            "words_histogram": length_histogram(words),
         }
     train_texts = frames["train"]["text"]
     report["train_duplicates"] = int(train_texts.duplicated().sum())

@@ -162,6 +162,10 @@ class ExportParams(Section):
     seed: int = 0  # which test documents are timed
 
 
+class ReportParams(Section):
+    examples: int = Field(default=10, ge=0)  # misclassified test texts shown (from reports/errors.csv)
+
+
 class Params(Section):
     download: DownloadParams = DownloadParams()
     tokenize: TokenizeParams = TokenizeParams()
@@ -169,6 +173,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+    report: ReportParams = ReportParams()
 
 
 def describe_error(error: dict[str, Any]) -> str:

@@ -16,3 +16,5 @@ CONFUSION = Path("reports/confusion.csv")
 ERRORS = Path("reports/errors.csv")
 EXPORT_DIR = Path("models/export")  # export -> the inference bundle (ONNX fp32 + int8, vocabulary, labels, manifest)
 EXPORT_REPORT = Path("reports/export.json")
+REPORTS_DIR = Path("reports")  # report <- every stage's reports
+REPORT_HTML = Path("reports/report.html")

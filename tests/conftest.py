@@ -118,3 +118,38 @@ def http_server(tmp_path: Path):
     yield f"http://127.0.0.1:{server.server_address[1]}", www
     server.shutdown()
     server.server_close()
+
+
+# small models so that every architecture trains in seconds
+TINY_MODEL = {
+    "embed_dim": 16,
+    "bag": {"buckets": 5000},
+    "cnn": {"filters": 8, "widths": [2, 3]},
+    "lstm": {"hidden": 16},
+    "transformer": {"layers": 1, "heads": 2, "ff_dim": 32, "max_positions": 64},
+}
+# quick measurements, and every weight quantized so that the int8 paths run even in tiny models
+FAST_EXPORT = {"latency_runs": 10, "latency_warmup": 2, "throughput_batches": 2, "int8_min_weights": 0}
+
+
+@pytest.fixture(scope="session")
+def project(tmp_path_factory) -> Path:
+    """A tiny two-class project run through download -> ... -> export by the CLI, in the default
+    layout. Shared: tests may read it and write elsewhere, not change it."""
+    root = tmp_path_factory.mktemp("project")
+    write_csv(root / "source" / "train.csv", labelled_rows(400))
+    # every 7th test label is wrong on purpose, so that there are mistakes to report
+    test = [(text, {"pos": "neg", "neg": "pos"}[label] if i % 7 == 0 else label) for i, (text, label) in enumerate(labelled_rows(140, offset=9000))]
+    write_csv(root / "source" / "test.csv", test)
+    write_params(
+        root,
+        download={"source": str(root / "source")},
+        tokenize={"workers": 1, "min_freq": 1},
+        model=TINY_MODEL,
+        train={"max_epochs": 3, "lr": 0.05, "threads": 1},
+        export={**FAST_EXPORT, "threads": 1},
+    )
+    for command in ("download", "tokenize", "train", "evaluate", "export"):
+        result = run_cli(command, cwd=root)
+        assert result.returncode == 0, (command, result.stderr)
+    return root

@@ -1,4 +1,6 @@
-"""The export stage and `predict`: real ONNX export, real ONNX Runtime, real spaCy; CPU."""
+"""The export stage and `predict`: real ONNX export, real ONNX Runtime, real spaCy; CPU.
+
+`project` (conftest) is a tiny project run through every stage by the CLI."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from conftest import REPO, assert_user_error, labelled_rows, run_cli, write_csv, write_params
+from conftest import FAST_EXPORT, REPO, TINY_MODEL, assert_user_error, labelled_rows, run_cli, write_csv
 
 from pipeline.bundle import MANIFEST, Bundle, onnx_session, run_session, sha256_of
 from pipeline.download import run_download
@@ -20,42 +22,6 @@ from pipeline.export import edge_inputs, run_export
 from pipeline.params import parse_params
 from pipeline.tokenizing import run_tokenize
 from pipeline.train import run_train
-
-TINY_MODEL = {
-    "embed_dim": 16,
-    "bag": {"buckets": 5000},
-    "cnn": {"filters": 8, "widths": [2, 3]},
-    "lstm": {"hidden": 16},
-    "transformer": {"layers": 1, "heads": 2, "ff_dim": 32, "max_positions": 64},
-}
-# quick measurements, and every weight quantized so that the int8 paths run even in tiny models
-FAST_EXPORT = {"latency_runs": 10, "latency_warmup": 2, "throughput_batches": 2, "int8_min_weights": 0}
-REPORT_KEYS = {
-    "onnx_fp32_accuracy", "onnx_int8_accuracy", "onnx_fp32_max_abs_diff", "onnx_fp32_bytes", "onnx_int8_bytes",
-    "latency_ms_batch1_torch_fp32", "latency_ms_batch1_onnx_fp32", "latency_ms_batch1_onnx_int8",
-    "throughput_batch64_onnx_int8", "opset",
-}
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """download -> tokenize -> train -> evaluate -> export by the CLI, in the default layout."""
-    root = tmp_path_factory.mktemp("project")
-    write_csv(root / "source" / "train.csv", labelled_rows(400))
-    write_csv(root / "source" / "test.csv", labelled_rows(140, offset=9000))
-    write_params(
-        root,
-        download={"source": str(root / "source")},
-        tokenize={"workers": 1, "min_freq": 1},
-        model=TINY_MODEL,
-        train={"max_epochs": 3, "lr": 0.05, "threads": 1},
-        export={**FAST_EXPORT, "threads": 1},
-    )
-    for command in ("download", "tokenize", "train", "evaluate", "export"):
-        result = run_cli(command, cwd=root)
-        assert result.returncode == 0, (command, result.stderr)
-    return root
-
 
 def predict(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -70,8 +36,13 @@ def records(result: subprocess.CompletedProcess) -> list[dict]:
 
 
 def test_bundle_and_report(project):
+    report_keys = {
+        "onnx_fp32_accuracy", "onnx_int8_accuracy", "onnx_fp32_max_abs_diff", "onnx_fp32_bytes", "onnx_int8_bytes",
+        "latency_ms_batch1_torch_fp32", "latency_ms_batch1_onnx_fp32", "latency_ms_batch1_onnx_int8",
+        "throughput_batch64_onnx_int8", "opset",
+    }
     report = json.loads((project / "reports" / "export.json").read_text())
-    assert REPORT_KEYS <= report.keys()
+    assert report_keys <= report.keys()
     assert all(isinstance(v, (int, float)) for v in report.values())  # flat numbers: DVC metrics
     assert report["onnx_fp32_max_abs_diff"] <= 1e-4
     # the PyTorch accuracy here is the evaluate stage's, and ONNX fp32 agrees with it

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import assert_user_error, labelled_rows, run_cli, write_csv, write_params
+from conftest import TINY_MODEL, assert_user_error, labelled_rows, run_cli, write_csv, write_params
 
 from pipeline.batching import TokenizedSplit
 from pipeline.download import run_download
@@ -18,14 +18,6 @@ from pipeline.params import Params, TrainParams, parse_params
 from pipeline.tokenizing import run_tokenize
 from pipeline.train import SimulatedKill, Tracker, learning_rate, run_train
 
-# small models so that every architecture trains in seconds
-TINY_MODEL = {
-    "embed_dim": 16,
-    "bag": {"buckets": 5000},
-    "cnn": {"filters": 8, "widths": [2, 3]},
-    "lstm": {"hidden": 16},
-    "transformer": {"layers": 1, "heads": 2, "ff_dim": 32, "max_positions": 64},
-}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,248 @@
+"""`report` stage: the other stages' JSON/CSV reports -> reports/report.html, one page to look at.
+
+Rendered only from what the stages wrote (nothing is recomputed from data or models):
+  reports/data.json          class balance, length histogram
+  reports/tokenize.json      vocabulary and token statistics
+  params.yaml                the params of the run
+  reports/train.json, reports/train/plots/metrics/**.tsv   training summary and curves
+  reports/metrics.json, reports/confusion.csv, reports/errors.csv   test results
+  reports/export.json        export sizes, accuracy, latency
+Self-contained: the figures are inline SVG (matplotlib), the styles inline, no scripts and
+no network at view time. Byte-stable for the same inputs (fixed SVG ids, no dates).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline import __version__
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_file
+from pipeline.params import Params
+
+CURVES = "plots/metrics"  # under the DVCLive folder
+PALETTE = ["#3b6fb6", "#e07b39", "#4a9d5b", "#b8433e", "#7d5ba6", "#8c6d46"]
+
+
+def _read_json(path: Path, stage: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found; run the {stage} stage first (dvc repro)") from None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: not readable JSON ({exc}); rerun the {stage} stage") from None
+
+
+def _read_csv(path: Path, stage: str, columns: list[str]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)
+    except FileNotFoundError:
+        raise PipelineError(f"{path} not found; run the {stage} stage first (dvc repro)") from None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a readable CSV ({exc}); rerun the {stage} stage") from None
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise PipelineError(f"{path} lacks column(s) {', '.join(missing)}; rerun the {stage} stage")
+    return frame
+
+
+def read_curve(live_dir: Path, name: str) -> pd.DataFrame | None:
+    """One DVCLive series (step, value), or None if the run did not log it."""
+    path = live_dir / CURVES / f"{name}.tsv"
+    if not path.is_file():
+        return None
+    frame = pd.read_csv(path, sep="\t")
+    return frame if {"step", name.rsplit("/", 1)[-1]} <= set(frame.columns) else None
+
+
+# --- figures --------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({
+        "svg.fonttype": "none",  # text stays text: smaller, selectable, crisp
+        "svg.hashsalt": "report",  # fixed element ids: the same inputs give the same bytes
+        "font.size": 9,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+        "axes.grid": True,
+        "grid.alpha": 0.3,
+        "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    })
+    return plt
+
+
+def _svg(figure) -> str:
+    plt = _pyplot()
+    buffer = io.StringIO()
+    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(figure)
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]  # inline: drop the XML prolog and doctype
+
+
+def class_balance_figure(data: dict) -> str:
+    plt = _pyplot()
+    classes = data["classes"]
+    splits = [s for s in ("train", "validation", "test") if s in data]
+    figure, axis = plt.subplots(figsize=(5.2, 0.5 + 0.35 * len(classes) * len(splits) / 2 + 0.6))
+    height = 0.8 / len(splits)
+    positions = np.arange(len(classes))
+    for i, split in enumerate(splits):
+        rows = max(data[split]["rows"], 1)
+        shares = [data[split]["classes"].get(c, 0) / rows for c in classes]
+        axis.barh(positions + i * height, shares, height, label=f"{split} ({data[split]['rows']:,})")
+    axis.set_yticks(positions + height * (len(splits) - 1) / 2, classes)
+    axis.invert_yaxis()
+    axis.set_xlabel("share of the split's texts")
+    axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=len(splits), frameon=False)
+    axis.set_title("Class balance")
+    return _svg(figure)
+
+
+def length_figure(data: dict) -> str | None:
+    histograms = {split: data.get(split, {}).get("words_histogram") for split in ("train", "test")}
+    if not any(histograms.values()):
+        return None  # a data.json from before the histogram existed
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.2, 2.6))
+    for split, histogram in histograms.items():
+        if not histogram:
+            continue
+        edges, counts = np.array(histogram["edges"]), np.array(histogram["counts"])
+        axis.stairs(counts / max(counts.sum(), 1), np.maximum(edges, 0.5), label=split, fill=split == "train", alpha=0.6 if split == "train" else 1)
+    axis.set_xscale("log", base=2)
+    axis.set_xlabel("words per text (bins double in width)")
+    axis.set_ylabel("share of texts")
+    axis.legend(frameon=False)
+    axis.set_title("Text length")
+    return _svg(figure)
+
+
+def curves_figure(live_dir: Path) -> str | None:
+    series = {name: read_curve(live_dir, name) for name in ("train/loss", "validation/loss", "validation/accuracy", "validation/macro_f1", "lr")}
+    if series["validation/loss"] is None:
+        return None
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, 3, figsize=(10.5, 2.8))
+    for name in ("train/loss", "validation/loss"):
+        frame = series[name]
+        if frame is not None:
+            axes[0].plot(frame["step"], frame["loss"], marker="o", markersize=3, label=name.split("/")[0])
+    axes[0].set_title("Loss")
+    for name in ("validation/accuracy", "validation/macro_f1"):
+        frame = series[name]
+        if frame is not None:
+            key = name.split("/")[1]
+            axes[1].plot(frame["step"], frame[key], marker="o", markersize=3, label=key.replace("_", "-"))
+    axes[1].set_title("Validation accuracy and macro-F1")
+    if series["lr"] is not None:
+        axes[2].plot(series["lr"]["step"], series["lr"]["lr"])
+    axes[2].set_title("Learning rate")
+    for axis in axes:
+        axis.set_xlabel("optimizer step")
+    for axis in axes[:2]:
+        axis.legend(frameon=False)
+    figure.tight_layout()
+    return _svg(figure)
+
+
+def confusion_figure(confusion: pd.DataFrame, labels: list[str]) -> str:
+    plt = _pyplot()
+    index = {name: i for i, name in enumerate(labels)}
+    matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
+    np.add.at(matrix, (confusion["actual"].map(index).to_numpy(), confusion["predicted"].map(index).to_numpy()), 1)
+    shares = matrix / np.maximum(matrix.sum(1, keepdims=True), 1)
+    size = min(2.2 + 0.55 * len(labels), 9)
+    figure, axis = plt.subplots(figsize=(size + 1, size))
+    image = axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    axis.grid(False)
+    if len(labels) <= 20:
+        for (row, column), count in np.ndenumerate(matrix):
+            axis.text(column, row, f"{count:,}", ha="center", va="center", color="white" if shares[row, column] > 0.5 else "#222")
+    axis.set_xticks(range(len(labels)), labels, rotation=45 if len(labels) > 4 else 0, ha="right" if len(labels) > 4 else "center")
+    axis.set_yticks(range(len(labels)), labels)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("actual")
+    axis.set_title("Confusion matrix (test): counts, colour = share of the actual class")
+    figure.colorbar(image, ax=axis, fraction=0.046, pad=0.04)
+    return _svg(figure)
+
+
+# --- the page -------------------------------------------------------------------------------
+def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(data, dict):
+        return [item for key, value in data.items() for item in flatten(value, f"{prefix}{key}.")]
+    return [(prefix.rstrip("."), data)]
+
+
+def per_class_rows(metrics: dict, labels: list[str], confusion: pd.DataFrame) -> list[dict]:
+    support = confusion["actual"].value_counts()
+    return [
+        {
+            "name": name,
+            "precision": metrics.get(f"{name}_precision"),
+            "recall": metrics.get(f"{name}_recall"),
+            "f1": metrics.get(f"{name}_f1"),
+            "support": int(support.get(name, 0)),
+        }
+        for name in labels
+    ]
+
+
+def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path, out_path: Path) -> dict[str, Any]:
+    """Read every stage's reports and write the HTML page; returns what it showed."""
+    import jinja2
+    import yaml
+
+    data = _read_json(reports / "data.json", "download")
+    tokenize = _read_json(reports / "tokenize.json", "tokenize")
+    train = _read_json(reports / "train.json", "train")
+    metrics = _read_json(reports / "metrics.json", "evaluate")
+    export = _read_json(reports / "export.json", "export")
+    confusion = _read_csv(reports / "confusion.csv", "evaluate", ["actual", "predicted"]).astype(str)
+    errors = _read_csv(reports / "errors.csv", "evaluate", ["text", "actual", "predicted", "confidence"])
+    labels = [str(c) for c in data["classes"]]
+
+    figures = {
+        "balance": class_balance_figure(data),
+        "lengths": length_figure(data),
+        "curves": curves_figure(live_dir),
+        "confusion": confusion_figure(confusion, labels),
+    }
+    environment = jinja2.Environment(
+        loader=jinja2.PackageLoader("pipeline", "templates"),
+        autoescape=True,  # texts in errors.csv are user data: never raw HTML
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    environment.filters["num"] = lambda v, digits=4: f"{v:,.{digits}f}" if isinstance(v, (int, float)) else "–"
+    environment.filters["count"] = lambda v: f"{v:,}" if isinstance(v, (int, float)) else "–"
+    html = environment.get_template("report.html.j2").render(
+        version=__version__,
+        arch=params.model.arch,
+        params=yaml.safe_dump(params.model_dump(), sort_keys=False, allow_unicode=True),
+        params_path=str(params_path),
+        data=data,
+        tokenize=tokenize,
+        train=train,
+        metrics=metrics,
+        export=export,
+        labels=labels,
+        per_class=per_class_rows(metrics, labels, confusion),
+        errors=errors.head(params.report.examples).to_dict("records"),
+        figures=figures,
+    )
+    with atomic_file(out_path) as handle:
+        handle.write(html)
+    return {"figures": [name for name, svg in figures.items() if svg], "bytes": len(html.encode("utf-8"))}
