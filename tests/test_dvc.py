@@ -1,11 +1,18 @@
-"""Real DVC in a temporary git repo: repro, a no-op repro, and a param change that reruns only what reads it."""
+"""Real DVC in a temporary git repo: the experiment workflow as a DVC user runs it.
+
+repro and a no-op repro; `dvc exp run -S` reruns exactly the stages that read what changed;
+an edit to one stage's code reruns only that stage; exp show, metrics/params diff between
+commits, the queue, plots diff; bad -S params are named.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +21,15 @@ from conftest import REPO, labelled_rows, write_csv
 
 pytestmark = pytest.mark.slow
 
+STAGES = ["download", "evaluate", "export", "report", "tokenize", "train"]
+
+
+def dvc_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
 
 def sh(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(args, cwd=cwd, env=dvc_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (args, result.stdout, result.stderr)
     return result.stdout + result.stderr
 
@@ -55,34 +67,94 @@ def set_param(root: Path, section: str, key: str, value: object) -> None:
     path.write_text(yaml.safe_dump(params, sort_keys=False))
 
 
-def test_repro_noop_and_param_change(project):
-    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "evaluate", "export", "tokenize", "train"]
-    assert (project / "models" / "train" / "best.pt").is_file() and (project / "models" / "export" / "model.int8.onnx").is_file()
-    sh("git", "add", "dvc.lock", cwd=project)
-    sh("git", "commit", "-qm", "first run", cwd=project)
+def commit_run(root: Path, message: str) -> None:
+    sh("git", "add", "-A", cwd=root)
+    sh("git", "commit", "-qm", message, cwd=root)
+
+
+def experiments(root: Path) -> dict[str, dict]:
+    """`dvc exp show --json` as {experiment name: {"params": ..., "metrics": ...}}."""
+    shown = json.loads(sh("dvc", "exp", "show", "--json", cwd=root))
+    found = {}
+    for commit in shown:
+        for experiment in commit.get("experiments") or []:
+            for revision in experiment.get("revs") or []:
+                data = revision.get("data") or {}
+                if revision.get("name") and data.get("params"):
+                    found[revision["name"]] = {
+                        "params": data["params"]["params.yaml"]["data"],
+                        "metrics": {path: m["data"] for path, m in (data.get("metrics") or {}).items()},
+                    }
+    return found
+
+
+def test_repro_experiments_and_diffs(project):
+    assert ran(sh("dvc", "repro", cwd=project)) == STAGES
+    assert (project / "models" / "export" / "model.int8.onnx").is_file() and (project / "reports" / "report.html").is_file()
+    commit_run(project, "first run")
     assert ran(sh("dvc", "repro", cwd=project)) == []
 
-    # a train param reruns train and the stages after it, and the metrics change shows in a diff
-    assert ran(sh("dvc", "exp", "run", "-S", "train.lr=0.002", cwd=project)) == ["evaluate", "export", "train"]
+    # a train param reruns train and every stage after it; exp show holds its params and metrics
+    assert ran(sh("dvc", "exp", "run", "-n", "lr-002", "-S", "train.lr=0.002", cwd=project)) == ["evaluate", "export", "report", "train"]
+    shown = experiments(project)["lr-002"]
+    assert shown["params"]["train"]["lr"] == 0.002
+    assert 0 <= shown["metrics"]["reports/metrics.json"]["accuracy"] <= 1
+    assert "onnx_int8_accuracy" in shown["metrics"]["reports/export.json"]
     diff = sh("dvc", "metrics", "diff", "HEAD", cwd=project)
     assert "reports/metrics.json" in diff and "loss" in diff
-    shown = sh("dvc", "metrics", "show", cwd=project)
-    assert "accuracy" in shown and "vocab_size" in shown and "best_epoch" in shown and "onnx_int8_accuracy" in shown
-    # an export param reruns export only
-    assert ran(sh("dvc", "exp", "run", "-S", "export.latency_runs=12", cwd=project)) == ["export"]
 
-    set_param(project, "tokenize", "min_freq", 1)
-    assert ran(sh("dvc", "repro", cwd=project)) == ["evaluate", "export", "tokenize", "train"]
+    # an export param reruns export (and the report that shows it) only
+    assert ran(sh("dvc", "exp", "run", "-S", "export.latency_runs=12", cwd=project)) == ["export", "report"]
+    # a tokenize param reruns tokenize and after it, not download
+    assert ran(sh("dvc", "exp", "run", "-S", "tokenize.min_freq=1", cwd=project)) == ["evaluate", "export", "report", "tokenize", "train"]
+
+    # two commits: params diff and metrics diff show what changed between them
+    commit_run(project, "lr 0.002, min_freq 1")
+    params_diff = sh("dvc", "params", "diff", "HEAD~1", "HEAD", cwd=project)
+    assert "train.lr" in params_diff and "0.002" in params_diff and "tokenize.min_freq" in params_diff
+    metrics_diff = sh("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all", cwd=project)
+    assert "accuracy" in metrics_diff and "vocab_size" in metrics_diff
+
+    # plots diff writes HTML with the training curves and the confusion matrix of both commits
+    sh("dvc", "plots", "diff", "HEAD~1", "HEAD", "-o", "plots_out", cwd=project)
+    page = (project / "plots_out" / "index.html").read_text()
+    for title in ("Loss", "Validation accuracy and macro-F1", "Learning rate", "Confusion matrix (test)"):
+        assert title in page, title
+    assert '"actual"' in page and '"predicted"' in page and "HEAD~1" in page
+
+    # editing one stage's code reruns that stage only: evaluate's outputs do not change, so nothing after it runs
+    with (project / "pipeline" / "evaluate.py").open("a") as handle:
+        handle.write("\n# an edit\n")
+    assert ran(sh("dvc", "repro", cwd=project)) == ["evaluate"]
+    with (project / "pipeline" / "report.py").open("a") as handle:
+        handle.write("\n# an edit\n")
+    assert ran(sh("dvc", "repro", cwd=project)) == ["report"]
     set_param(project, "download", "seed", 7)
-    assert ran(sh("dvc", "repro", cwd=project)) == ["download", "evaluate", "export", "tokenize", "train"]
+    assert ran(sh("dvc", "repro", cwd=project)) == STAGES
+
+
+def test_queue_runs_every_queued_experiment(project):
+    sh("dvc", "repro", cwd=project)
+    commit_run(project, "first run")
+    for lr in ("0.003", "0.004"):
+        assert "Queued experiment" in sh("dvc", "exp", "run", "--queue", "-n", f"lr-{lr}", "-S", f"train.lr={lr}", cwd=project)
+    sh("dvc", "queue", "start", cwd=project)
+    deadline = time.monotonic() + 540
+    while time.monotonic() < deadline:
+        status = sh("dvc", "queue", "status", cwd=project)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert status.count("Success") == 2, status
+    shown = experiments(project)
+    for lr in (0.003, 0.004):
+        assert shown[f"lr-{lr}"]["params"]["train"]["lr"] == lr
+        assert "accuracy" in shown[f"lr-{lr}"]["metrics"]["reports/metrics.json"]
 
 
 def test_bad_params_in_exp_run_name_the_key(project):
     def failing(*args: str) -> str:
-        result = subprocess.run(
-            ["dvc", "exp", "run", *args], cwd=project, capture_output=True, text=True, timeout=600,
-            env={**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-        )
+        result = subprocess.run(["dvc", "exp", "run", *args], cwd=project, capture_output=True, text=True, timeout=600, env=dvc_env())
         assert result.returncode != 0
         return result.stdout + result.stderr
 
