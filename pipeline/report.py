@@ -94,7 +94,7 @@ def class_balance_figure(data: dict) -> str:
     plt = _pyplot()
     classes = data["classes"]
     splits = [s for s in ("train", "validation", "test") if s in data]
-    figure, axis = plt.subplots(figsize=(5.2, 0.5 + 0.35 * len(classes) * len(splits) / 2 + 0.6))
+    figure, axis = plt.subplots(figsize=(5.2, min(1.1 + 0.175 * len(classes) * len(splits), 12)))
     height = 0.8 / len(splits)
     positions = np.arange(len(classes))
     for i, split in enumerate(splits):
@@ -212,6 +212,9 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
     confusion = _read_csv(reports / "confusion.csv", "evaluate", ["actual", "predicted"]).astype(str)
     errors = _read_csv(reports / "errors.csv", "evaluate", ["text", "actual", "predicted", "confidence"])
     labels = [str(c) for c in data["classes"]]
+    unknown = sorted(set(confusion["actual"]).union(confusion["predicted"]) - set(labels))
+    if unknown:
+        raise PipelineError(f"{reports / 'confusion.csv'} has classes that data.json lacks ({', '.join(unknown[:5])}); rerun dvc repro")
 
     figures = {
         "balance": class_balance_figure(data),
