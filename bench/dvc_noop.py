@@ -23,7 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run(*args: str, cwd: Path) -> str:
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, check=True)
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if result.returncode:
+        sys.exit(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result.stdout
 
 

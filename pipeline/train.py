@@ -166,7 +166,14 @@ class _Live:
     def __init__(self, folder: Path, history: list[dict[str, float]]):
         from dvclive import Live
 
-        self.live = Live(str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
+        class FilesOnly(Live):
+            # We use DVCLive for its files alone: dvc.yaml is ours and DVC saves experiments.
+            # Its git/DVC integration reads HEAD first and crashes in a repo with no commit yet
+            # (dvclive 3.49: scmrepo's SCMError "Empty git repo"), so it is skipped.
+            def _init_dvc(self) -> None:
+                self._dvc_file = self._init_dvc_file()
+
+        self.live = FilesOnly(str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
         for record in history:
             self.log(record)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,15 @@ def test_bf16_on_cuda_matches_fp32(processed, tmp_path):
     assert fp32["device"].startswith("cuda") and bf16["precision"] == "bf16"
     assert abs(bf16["best_validation"] - fp32["best_validation"]) <= 0.05
     assert bf16["best_validation"] >= 0.9
+
+
+def test_trains_in_a_git_repo_without_commits(processed, tmp_path):
+    """`git init && dvc init && dvc repro` before any commit is a normal start; DVCLive must cope."""
+    import subprocess
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
+    write_params(tmp_path, model={**TINY_MODEL, "arch": "bag"}, train={"max_epochs": 1, "threads": 1})
+    result = run_cli("train", "--data", str(processed), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "reports" / "train" / "plots" / "metrics" / "validation" / "loss.tsv").is_file()
