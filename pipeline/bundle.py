@@ -16,7 +16,6 @@ deploys without torch.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from pipeline.batching import TokenizedSplit, length_grouped_batches
 from pipeline.errors import PipelineError
+from pipeline.files import read_json
 from pipeline.metrics import softmax
 from pipeline.text import PAD_ID, HashLookup, Hasher, TextSettings
 
@@ -121,12 +121,7 @@ class Bundle:
 
     @staticmethod
     def _read_json(path: Path) -> Any:
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise PipelineError(f"{path} is missing from the bundle; rerun the export stage") from None
-        except (OSError, ValueError) as exc:
-            raise PipelineError(f"{path}: not readable JSON ({exc}); rerun the export stage") from None
+        return read_json(path, "rerun the export stage")
 
 
 class Classifier:

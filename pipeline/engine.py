@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline import __version__
-from pipeline.batching import TokenizedSplit, length_grouped_batches
+from pipeline.batching import TokenizedSplit, length_grouped_batches, read_labels, read_test_texts
 from pipeline.errors import PipelineError, first_line
 from pipeline.files import atomic_file
 from pipeline.models import build_model
 from pipeline.params import ModelParams
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CHECKPOINT_FORMAT = 1
 
@@ -130,6 +133,26 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise PipelineError(f"{path} is not a checkpoint of this pipeline (format {CHECKPOINT_FORMAT}); rerun the train stage")
     return checkpoint
+
+
+class ScoringInputs(NamedTuple):
+    checkpoint: dict[str, Any]
+    labels: list[str]
+    test: TokenizedSplit
+    texts: pd.Series  # the raw test texts, in the tokenized split's order
+
+
+def load_scoring_inputs(checkpoint_path: Path, processed: Path, raw_test: Path) -> ScoringInputs:
+    """What evaluate and export score: the checkpoint, checked against the tokenized test split
+    (same classes, not empty) and the raw texts it came from."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    labels = read_labels(processed)
+    if list(checkpoint["labels"]) != labels:
+        raise PipelineError(f"{checkpoint_path} was trained on other classes than {processed}/labels.json; rerun the train stage")
+    test = TokenizedSplit(processed / "test")
+    if len(test) == 0:
+        raise PipelineError(f"{processed}/test is empty; check the download stage's output")
+    return ScoringInputs(checkpoint, labels, test, read_test_texts(raw_test, len(test)))
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:

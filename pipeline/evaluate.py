@@ -15,9 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.batching import TokenizedSplit, read_labels, read_test_texts
-from pipeline.engine import load_checkpoint, model_from_checkpoint, predict_logits, resolve_device
-from pipeline.errors import PipelineError
+from pipeline.engine import load_scoring_inputs, model_from_checkpoint, predict_logits, resolve_device
 from pipeline.files import atomic_file, write_json
 from pipeline.metrics import classification_metrics, softmax
 from pipeline.params import Params
@@ -55,14 +53,7 @@ def run_evaluate(
     """Score the checkpoint on the test split and write the three reports."""
     config = params.evaluate
     torch.set_num_threads(available_cores())
-    checkpoint = load_checkpoint(checkpoint_path)
-    labels = read_labels(processed)
-    if list(checkpoint["labels"]) != labels:
-        raise PipelineError(f"{checkpoint_path} was trained on other classes than {processed}/labels.json; rerun the train stage")
-    test = TokenizedSplit(processed / "test")
-    if len(test) == 0:
-        raise PipelineError(f"{processed}/test is empty; check the download stage's output")
-    texts = read_test_texts(raw_test, len(test))
+    checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_test)
 
     device = resolve_device(config.device)
     model = model_from_checkpoint(checkpoint).to(device)

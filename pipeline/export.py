@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from pipeline import __version__
-from pipeline.batching import TokenizedSplit, read_labels, read_test_texts
+from pipeline.batching import TokenizedSplit
 from pipeline.bundle import (
     BUNDLE_FORMAT,
     FP32_MODEL,
@@ -46,7 +46,7 @@ from pipeline.bundle import (
     run_session,
     session_logits,
 )
-from pipeline.engine import load_checkpoint, model_from_checkpoint, predict_logits
+from pipeline.engine import load_scoring_inputs, model_from_checkpoint, predict_logits
 from pipeline.errors import PipelineError
 from pipeline.files import staged_dir, write_json
 from pipeline.metrics import classification_metrics
@@ -193,14 +193,7 @@ def run_export(
     started = time.perf_counter()
     threads = config.threads or available_cores()
     torch.set_num_threads(threads)
-    checkpoint = load_checkpoint(checkpoint_path)
-    labels = read_labels(processed)
-    if list(checkpoint["labels"]) != labels:
-        raise PipelineError(f"{checkpoint_path} was trained on other classes than {processed}/labels.json; rerun the train stage")
-    test = TokenizedSplit(processed / "test")
-    if len(test) == 0:
-        raise PipelineError(f"{processed}/test is empty; check the download stage's output")
-    texts = read_test_texts(raw_test, len(test))
+    checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_test)
     model = model_from_checkpoint(checkpoint)
     actual = test.labels.astype(np.int64)
 

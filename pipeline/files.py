@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import PipelineError
+
 # mkstemp/mkdtemp create private (0600/0700) entries; outputs get the usual permissions.
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -43,6 +45,16 @@ def write_json(path: Path, data: Any) -> None:
     with atomic_file(path) as handle:
         json.dump(data, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
+
+
+def read_json(path: Path, fix: str) -> Any:
+    """JSON from `path`; a missing or unreadable file is a PipelineError ending in `fix`."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PipelineError(f"{path} is missing; {fix}") from None
+    except (OSError, ValueError) as exc:
+        raise PipelineError(f"{path}: not readable JSON ({exc}); {fix}") from None
 
 
 def link_or_copy(source: Path, target: Path) -> None:

@@ -14,7 +14,6 @@ no network at view time. Byte-stable for the same inputs (fixed SVG ids, no date
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import pandas as pd
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_file
+from pipeline.files import atomic_file, read_json
 from pipeline.params import Params
 
 CURVES = "plots/metrics"  # under the DVCLive folder
@@ -31,12 +30,7 @@ PALETTE = ["#3b6fb6", "#e07b39", "#4a9d5b", "#b8433e", "#7d5ba6", "#8c6d46"]
 
 
 def _read_json(path: Path, stage: str) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PipelineError(f"{path} not found; run the {stage} stage first (dvc repro)") from None
-    except (OSError, ValueError) as exc:
-        raise PipelineError(f"{path}: not readable JSON ({exc}); rerun the {stage} stage") from None
+    return read_json(path, f"run the {stage} stage (dvc repro)")
 
 
 def _read_csv(path: Path, stage: str, columns: list[str]) -> pd.DataFrame:

@@ -9,11 +9,8 @@ import pandas as pd
 import pytest
 from conftest import assert_user_error, labelled_rows, needs_shared, run_cli, write_csv, write_params
 
-from pipeline.download import run_download
 from pipeline.evaluate import run_evaluate
 from pipeline.params import parse_params
-from pipeline.tokenizing import run_tokenize
-from pipeline.train import run_train
 
 # noisy enough that the model makes mistakes: some "pos" rows carry negative words
 SETTINGS = {

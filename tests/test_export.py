@@ -17,10 +17,8 @@ import pytest
 from conftest import FAST_EXPORT, REPO, TINY_MODEL, assert_user_error, labelled_rows, run_cli, write_csv
 
 from pipeline.bundle import MANIFEST, Bundle, onnx_session, run_session, sha256_of
-from pipeline.download import run_download
 from pipeline.export import edge_inputs, run_export
 from pipeline.params import parse_params
-from pipeline.tokenizing import run_tokenize
 from pipeline.train import run_train
 
 def predict(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:

@@ -64,7 +64,7 @@ def test_missing_reports_are_named(project, tmp_path):
     shutil.copytree(project / "reports", reports)
     (reports / "export.json").unlink()
     result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
-    assert_user_error(result, "export.json not found", "export stage")
+    assert_user_error(result, "export.json is missing", "export stage")
     assert not (tmp_path / "r.html").exists()
 
 
