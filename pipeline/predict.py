@@ -20,8 +20,6 @@ from itertools import islice
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
-
 from pipeline.bundle import FP32_MODEL, INT8_MODEL, LABELS, TEXT_SETTINGS, VOCAB, Bundle, Classifier
 from pipeline.errors import PipelineError
 from pipeline.system import available_cores
@@ -80,10 +78,6 @@ def _short(probability: float) -> float:
     return float(f"{probability:.6g}")
 
 
-def _hash_texts(hasher: Hasher, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    return hasher.hash_batch(texts)
-
-
 def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
     iterator = iter(texts)
     while chunk := list(islice(iterator, size)):
@@ -117,7 +111,7 @@ def predict_lines(
 
     names = bundle.labels
     count = 0
-    with Workers(bundle.settings, workers, _hash_texts) as pool:
+    with Workers(bundle.settings, workers, Hasher.hash_batch) as pool:
         for hashes, lengths in pool.map(feed()):
             chunk = pending.popleft()
             probabilities = classifier.probabilities(classifier.token_ids(hashes, lengths), batch_size)

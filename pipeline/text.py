@@ -1,4 +1,4 @@
-"""Text -> token hashes -> token ids, shared by `tokenize` and (later) `predict`.
+"""Text -> token hashes -> token ids, shared by `tokenize` and `predict`.
 
 spaCy's rule-based tokenizer gives each token a 64-bit hash of its text (or of
 its lower-case form). We work on those hashes with NumPy and look strings up
