@@ -25,6 +25,7 @@ app = typer.Typer(
 
 ParamsFile = Annotated[Path, typer.Option("--params", "-p", help="Params file to read.", dir_okay=False)]
 ProcessedDir = Annotated[Path, typer.Option(help="Folder written by the tokenize stage.", file_okay=False)]
+RuntimeFile = Annotated[Path, typer.Option(help="Where to write timings and device (JSON; not a metric).", dir_okay=False)]
 
 
 @contextmanager
@@ -75,13 +76,14 @@ def tokenize(
     raw: Annotated[Path, typer.Option(help="Folder with the download stage's splits.")] = paths.RAW_DIR,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for token ids, vocabulary and labels.")] = paths.PROCESSED_DIR,
     report: Annotated[Path, typer.Option(help="Where to write the tokenize report (JSON).")] = paths.TOKENIZE_REPORT,
+    runtime: RuntimeFile = paths.TOKENIZE_RUNTIME,
 ) -> None:
     """Tokenize with spaCy, build the vocabulary from train, and store token ids compactly."""
     with reported_errors():
         from pipeline.params import load_params
         from pipeline.tokenizing import run_tokenize
 
-        result = run_tokenize(load_params(params).tokenize, raw, out, report)
+        result = run_tokenize(load_params(params).tokenize, raw, out, report, runtime_path=runtime)
         typer.echo(
             f"tokenize: {result['documents']:,} documents, {result['tokens']:,} tokens, vocab {result['vocab_size']:,}, "
             f"{result['tokens_per_second']:,} tokens/s on {result['workers']} workers -> {out}"
@@ -92,17 +94,18 @@ def tokenize(
 def train(
     params: ParamsFile = paths.PARAMS,
     data: ProcessedDir = paths.PROCESSED_DIR,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for best.pt and last.pt.")] = paths.TRAIN_DIR,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for best.pt (the weights and what inference needs).")] = paths.TRAIN_DIR,
     report: Annotated[Path, typer.Option(help="Where to write the training report (JSON).")] = paths.TRAIN_REPORT,
     live: Annotated[Path, typer.Option(help="DVCLive folder for the training curves.")] = paths.TRAIN_LIVE,
     resume_dir: Annotated[Path, typer.Option(help="Resume state, kept until the run completes.")] = paths.TRAIN_RESUME,
+    runtime: RuntimeFile = paths.TRAIN_RUNTIME,
 ) -> None:
     """Train `model.arch` with the `train` params; resumes an interrupted run with the same params."""
     with reported_errors():
         from pipeline.params import load_params
         from pipeline.train import run_train
 
-        result = run_train(load_params(params), data, out, report, live, resume_dir)
+        result = run_train(load_params(params), data, out, report, live, resume_dir, runtime_path=runtime)
         typer.echo(
             f"train: best validation {result['monitor']} {result['best_validation']:.4f} at epoch {result['best_epoch']:g}; "
             f"{result['epochs']:g} epochs in {result['wall_seconds']:.0f} s, {result['samples_per_second']:,.0f} samples/s "
@@ -140,13 +143,14 @@ def export(
     raw: Annotated[Path, typer.Option(help="Folder written by the download stage (test texts for the tokenizer check).")] = paths.RAW_DIR,
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the inference bundle.")] = paths.EXPORT_DIR,
     report: Annotated[Path, typer.Option(help="Where to write the export report (JSON).")] = paths.EXPORT_REPORT,
+    runtime: RuntimeFile = paths.EXPORT_RUNTIME,
 ) -> None:
     """Export the best checkpoint to ONNX (fp32 and int8), check parity, measure accuracy and latency."""
     with reported_errors():
         from pipeline.export import run_export
         from pipeline.params import load_params
 
-        r = run_export(load_params(params), checkpoint, data, raw / "test.parquet", out, report)
+        r = run_export(load_params(params), checkpoint, data, raw / "test.parquet", out, report, runtime)
         typer.echo(
             f"export: accuracy torch {r['torch_fp32_accuracy']:.4f}, onnx fp32 {r['onnx_fp32_accuracy']:.4f}, "
             f"int8 {r['onnx_int8_accuracy']:.4f}; max |logit diff| {r['onnx_fp32_max_abs_diff']:.1e}; "

@@ -2,16 +2,18 @@
 batched prediction and the checkpoint format.
 
 A checkpoint is one `torch.save`d dict of tensors and plain Python values, so it loads
-with `weights_only=True` (no pickled code runs):
+with `weights_only=True` (no pickled code runs). Two kinds share the layout's header:
 
     format, pipeline_version   this layout's version, the package that wrote it
-    model_config, vocab_size,  everything `build_model` needs, and the class names
-    labels
+    model_config, vocab_size,  everything `build_model` needs, the class names and the
+    labels, text               tokenizer settings (text.json): what inference needs
     model                      the weights (state_dict)
-    optimizers, tracker,       training state, for resuming: optimizer moments, early-stopping
-    progress, rng,             state, progress (step, epoch, batch in the epoch, samples,
-    fingerprint                training seconds, logged history), torch RNG states, and
-                               what the run was for (params and data)
+
+`models/train/best.pt` is that and a small `best` record (step, epoch, monitored value),
+nothing more: no optimizer state, so an experiment adds only the weights to DVC's cache.
+The resume state (models/.train-resume/last.pt, outside the outputs) adds what continuing
+needs: optimizers, tracker, progress (step, epoch, batch in the epoch, samples, training
+seconds, logged history), rng and fingerprint (what the run was for: params and data).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pipeline.params import ModelParams
 if TYPE_CHECKING:
     import pandas as pd
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: best.pt holds inference state only
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,6 +84,9 @@ def batch_loader(split: TokenizedSplit, batches: list[np.ndarray], device: torch
         batch_size=None,
         shuffle=False,
         num_workers=workers,
+        # its own generator: creating a loader must not draw from the global RNG, or a run
+        # resumed mid-epoch (one loader fewer) would drop out differently from an uninterrupted one
+        generator=torch.Generator(),
         pin_memory=device.type == "cuda",
         prefetch_factor=8 if workers else None,
     )

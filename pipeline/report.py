@@ -3,6 +3,7 @@
 Rendered only from what the stages wrote (nothing is recomputed from data or models):
   reports/data.json          class balance, length histogram
   reports/tokenize.json      vocabulary and token statistics
+  reports/runtime/*.json     timings, device and latency of tokenize, train and export
   params.yaml                the params of the run
   reports/train.json, reports/train/plots/metrics/**.tsv   training summary and curves
   reports/metrics.json, reports/confusion.csv, reports/errors.csv   test results
@@ -26,6 +27,7 @@ from pipeline.files import atomic_file, read_json
 from pipeline.params import Params
 
 CURVES = "plots/metrics"  # under the DVCLive folder
+RUNTIME = "runtime"  # under the reports folder: <stage>.json with timings and device
 PALETTE = ["#3b6fb6", "#e07b39", "#4a9d5b", "#b8433e", "#7d5ba6", "#8c6d46"]
 
 
@@ -199,10 +201,11 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
     import yaml
 
     data = _read_json(reports / "data.json", "download")
-    tokenize = _read_json(reports / "tokenize.json", "tokenize")
-    train = _read_json(reports / "train.json", "train")
+    # each stage's metrics and its runtime numbers (timings, device) side by side on the page
+    tokenize = {**_read_json(reports / "tokenize.json", "tokenize"), **_read_json(reports / RUNTIME / "tokenize.json", "tokenize")}
+    train = {**_read_json(reports / "train.json", "train"), **_read_json(reports / RUNTIME / "train.json", "train")}
     metrics = _read_json(reports / "metrics.json", "evaluate")
-    export = _read_json(reports / "export.json", "export")
+    export = {**_read_json(reports / "export.json", "export"), **_read_json(reports / RUNTIME / "export.json", "export")}
     confusion = _read_csv(reports / "confusion.csv", "evaluate", ["actual", "predicted"]).astype(str)
     errors = _read_csv(reports / "errors.csv", "evaluate", ["text", "actual", "predicted", "confidence"])
     labels = [str(c) for c in data["classes"]]

@@ -69,8 +69,10 @@ def run_tokenize(
     out_dir: Path = PROCESSED_DIR,
     report_path: Path = TOKENIZE_REPORT,
     progress: bool | None = None,
+    runtime_path: Path | None = None,
 ) -> dict:
-    """Tokenize every split, build the vocabulary from train, and write ids, vocab and labels."""
+    """Tokenize every split, build the vocabulary from train, and write ids, vocab and labels.
+    Returns the report and the runtime numbers together; writes the runtime too if given a path."""
     from tqdm import tqdm
 
     settings = TextSettings(params.language, params.lowercase, params.strip_html, params.max_tokens)
@@ -134,12 +136,16 @@ def run_tokenize(
         "tokens_per_doc_p95": float(np.percentile(train_lengths, 95)),
         "tokens_per_doc_max": int(train_lengths.max()),
         "truncated_share": round(float((train_lengths > settings.max_tokens).mean()), 6),
+    }
+    runtime = {  # timings are not metrics: they differ between identical runs
         "workers": workers,
         "seconds": round(seconds, 3),
         "tokens_per_second": round(total_tokens / tokenize_seconds),
     }
     write_json(report_path, report)
-    return report
+    if runtime_path is not None:
+        write_json(runtime_path, runtime)
+    return {**report, **runtime}
 
 
 def build_vocab(distinct: list[np.ndarray], counts: list[np.ndarray], strings: dict[int, str], min_freq: int, max_vocab: int | None) -> dict:

@@ -3,13 +3,19 @@
 One loop for CPU and GPU. Each validation (every epoch, or every `eval_every` steps)
 logs to DVCLive, saves the resume state, and decides early stopping.
 
-Resuming: DVC deletes a stage's outputs before running it, so the checkpoints are
-written to a resume folder outside them (models/.train-resume). A rerun whose params and
-data match continues from the last validation there: the weights, optimizer moments,
-RNG state, early-stopping state and logged history are restored, and the batch order
-of every epoch is a function of (seed, epoch), so the finished run is the same as an
-uninterrupted one. On success the checkpoints move into the outputs and the resume
-folder is removed.
+Outputs: models/train/best.pt holds what inference needs (weights, model config, classes,
+tokenizer settings); reports/train.json what the run learned (metrics); reports/runtime/
+train.json how it ran (timings, device, memory: not metrics, so `dvc metrics diff` stays
+about quality).
+
+Resuming: DVC deletes a stage's outputs before running it, so the resume state (the full
+state: optimizer moments too) is written to a folder outside them (models/.train-resume).
+A rerun whose params and data match continues from the last validation there, at an
+epoch boundary or mid-epoch: the weights, optimizer moments, RNG state, early-stopping
+state and logged history are restored, the batch order of every epoch is a function of
+(seed, epoch), and no data loader draws from the global RNG, so the finished run is the
+same as an uninterrupted one, bit for bit on CPU. On success the lean best checkpoint moves
+into the outputs and the resume folder is removed.
 
 Planned: DDP (each rank takes every world_size-th batch; the rank-0 process alone logs
 and saves in `_validate`) and pretrained transformers (another `build_model` entry).
@@ -44,7 +50,7 @@ from pipeline.engine import (
     to_device,
 )
 from pipeline.errors import PipelineError
-from pipeline.files import link_or_copy, staged_dir, write_json
+from pipeline.files import link_or_copy, read_json, staged_dir, write_json
 from pipeline.metrics import classification_metrics
 from pipeline.models import build_model
 from pipeline.params import Params, TrainParams
@@ -135,7 +141,7 @@ def make_optimizers(model: nn.Module, config: TrainParams) -> list[torch.optim.O
 def fingerprint(params: Params, processed: Path) -> str:
     """What a resume state belongs to: the model and train params and the tokenized data."""
     digest = hashlib.sha256(json.dumps([params.model.model_dump(), params.train.model_dump()]).encode())
-    for name in ("vocab.json", "labels.json", "train/offsets.npy", "train/labels.npy", "validation/labels.npy"):
+    for name in ("vocab.json", "labels.json", "text.json", "train/offsets.npy", "train/labels.npy", "validation/labels.npy"):
         digest.update((processed / name).read_bytes())
     digest.update(str((processed / "train" / "ids.npy").stat().st_size).encode())
     return digest.hexdigest()
@@ -233,10 +239,12 @@ def run_train(
     report_path: Path,
     live_dir: Path,
     resume_dir: Path,
+    runtime_path: Path | None = None,
     progress: bool | None = None,
     stop_after_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train `params.model` on data/processed; returns the report. `stop_after_steps`
+    """Train `params.model` on data/processed; returns the report (metrics and runtime together).
+    `stop_after_steps`
     raises SimulatedKill after that many steps, leaving the resume state as a kill would
     (tests use it)."""
     config = params.train
@@ -254,6 +262,7 @@ def run_train(
     train, validation = TokenizedSplit(processed / "train"), TokenizedSplit(processed / "validation")
     _check_data(train, validation, labels)
     vocab_size = read_vocab_size(processed)
+    text_settings = read_json(processed / "text.json", "rerun the tokenize stage")
 
     model = build_model(params.model, vocab_size, len(labels)).to(device)
     optimizers = make_optimizers(model, config)
@@ -286,12 +295,18 @@ def run_train(
     live = _Live(live_dir, state.history)
     started = time.perf_counter()
 
-    def checkpoint_state() -> dict[str, Any]:
+    def inference_state() -> dict[str, Any]:
         return {
             "model_config": params.model.model_dump(),
             "vocab_size": vocab_size,
             "labels": labels,
+            "text": text_settings,
             "model": model.state_dict(),
+        }
+
+    def checkpoint_state() -> dict[str, Any]:
+        return {
+            **inference_state(),
             "optimizers": [optimizer.state_dict() for optimizer in optimizers],
             "tracker": asdict(tracker),
             "progress": asdict(state),
@@ -320,9 +335,10 @@ def run_train(
             f"{record['validation/loss']:.4f} accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} | "
             f"{record['samples_per_second']:,.0f} samples/s{' | best' if improved else ''}"
         )
+        if improved:  # saved first: a kill between the two saves must not leave a best.pt older than last.pt's tracker
+            best = {"step": state.step, "epoch": record["epoch"], "monitor": config.monitor, "value": tracker.best}
+            save_checkpoint(resume_dir / "best.pt", {**inference_state(), "best": best})
         save_checkpoint(resume_path, checkpoint_state())
-        if improved:  # the same state: link it rather than serialize it twice
-            link_or_copy(resume_path, resume_dir / "best.pt")
 
     step_model.train()
     loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on the device: no per-step sync
@@ -366,32 +382,35 @@ def run_train(
         validate(loss_sum.item() / max(loss_count, 1))
 
     live.close()
-    report = {
-        "arch": params.model.arch,
-        "monitor": config.monitor,
+    report = {  # what the run learned: numbers that compare across experiments
         "best_validation": tracker.best,
         "best_epoch": tracker.best_epoch,
         "best_step": tracker.best_step,
         "epochs": round(state.epoch + state.batch / batches_per_epoch, 3),
         "steps": state.step,
-        "stopped_early": tracker.should_stop,
+        "stopped_early": int(tracker.should_stop),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_documents": len(train),
+    }
+    runtime = {  # how it ran: differs between identical runs or machines, so not a metric
+        "arch": params.model.arch,
+        "monitor": config.monitor,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "train_seconds": round(state.train_seconds, 2),
         "samples_per_second": round(state.samples_per_second, 1),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "precision": precision,
+        "threads": torch.get_num_threads(),
         "peak_memory_mb": round(peak_memory_mb(device), 1),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_documents": len(train),
-        "seed": config.seed,
     }
     with staged_dir(out_dir) as staging:
         link_or_copy(resume_dir / "best.pt", staging / "best.pt")
-        link_or_copy(resume_path, staging / "last.pt")
     write_json(report_path, report)
+    if runtime_path is not None:
+        write_json(runtime_path, runtime)
     shutil.rmtree(resume_dir)
-    return report
+    return {**report, **runtime}
 
 
 def _optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], config: TrainParams, lr: float) -> None:

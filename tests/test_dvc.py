@@ -19,6 +19,8 @@ import pytest
 import yaml
 from conftest import REPO, labelled_rows, write_csv
 
+from pipeline.params import Params
+
 pytestmark = pytest.mark.slow
 
 STAGES = ["download", "evaluate", "export", "report", "tokenize", "train"]
@@ -43,8 +45,10 @@ def project(tmp_path: Path) -> Path:
     root = tmp_path / "project"
     root.mkdir()
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
+    # the defaults, not the workspace's params.yaml, which holds the user's last experiment
+    (root / "params.yaml").write_text(yaml.safe_dump(Params().model_dump(), sort_keys=False))
     write_csv(root / "source" / "train.csv", labelled_rows(80))
     write_csv(root / "source" / "test.csv", labelled_rows(20, offset=500))
     set_param(root, "download", "source", "source")

@@ -34,14 +34,17 @@ def records(result: subprocess.CompletedProcess) -> list[dict]:
 
 
 def test_bundle_and_report(project):
-    report_keys = {
-        "onnx_fp32_accuracy", "onnx_int8_accuracy", "onnx_fp32_max_abs_diff", "onnx_fp32_bytes", "onnx_int8_bytes",
+    report_keys = {"onnx_fp32_accuracy", "onnx_int8_accuracy", "onnx_fp32_max_abs_diff", "onnx_fp32_bytes", "onnx_int8_bytes"}
+    runtime_keys = {
         "latency_ms_batch1_torch_fp32", "latency_ms_batch1_onnx_fp32", "latency_ms_batch1_onnx_int8",
-        "throughput_batch64_onnx_int8", "opset",
+        "throughput_batch64_onnx_int8", "int8_speedup_batch1", "opset", "threads", "seconds",
     }
     report = json.loads((project / "reports" / "export.json").read_text())
-    assert report_keys <= report.keys()
+    runtime = json.loads((project / "reports" / "runtime" / "export.json").read_text())
+    assert report_keys <= report.keys() and runtime_keys <= runtime.keys()
+    assert not runtime.keys() & report.keys()  # timings stay out of the metrics, which DVC diffs
     assert all(isinstance(v, (int, float)) for v in report.values())  # flat numbers: DVC metrics
+    assert all(runtime[k] > 0 for k in runtime_keys)
     assert report["onnx_fp32_max_abs_diff"] <= 1e-4
     # the PyTorch accuracy here is the evaluate stage's, and ONNX fp32 agrees with it
     metrics = json.loads((project / "reports" / "metrics.json").read_text())

@@ -39,7 +39,8 @@ def make_params(arch: str = "bag", **train) -> Params:
 
 def train_once(params: Params, processed: Path, out: Path, **kwargs) -> dict:
     return run_train(
-        params, processed, out / "models", out / "train.json", out / "live", out / "resume", progress=False, **kwargs
+        params, processed, out / "models", out / "train.json", out / "live", out / "resume",
+        runtime_path=out / "runtime.json", progress=False, **kwargs,
     )
 
 
@@ -52,9 +53,16 @@ def test_accuracy(checkpoint: Path, processed: Path, split: str = "test") -> flo
 test_accuracy.__test__ = False  # a helper, not a test
 
 
-def learned(checkpoint: dict) -> list[dict]:
-    """The logged history without timings, which no two runs share."""
-    return [{k: v for k, v in record.items() if k != "samples_per_second"} for record in checkpoint["progress"]["history"]]
+def learned(out: Path) -> dict[str, str]:
+    """Every curve DVCLive logged (exact decimal text, one row per validation), without
+    samples/s, which no two runs share."""
+    plots = out / "live" / "plots" / "metrics"
+    return {str(p.relative_to(plots)): p.read_text() for p in sorted(plots.rglob("*.tsv")) if p.stem != "samples_per_second"}
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    first, second = load_checkpoint(a)["model"], load_checkpoint(b)["model"]
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
 @pytest.mark.parametrize("arch", ["bag", "cnn", "lstm", "transformer"])
@@ -63,16 +71,21 @@ def test_each_architecture_learns_separable_data(arch, processed, tmp_path):
     assert report["arch"] == arch and report["device"] == "cpu" and report["precision"] == "fp32"
     assert report["best_validation"] >= 0.9
     assert test_accuracy(tmp_path / "models" / "best.pt", processed) >= 0.9  # chance is 0.5
-    assert (tmp_path / "models" / "last.pt").is_file()
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["best.pt"]
     assert not (tmp_path / "resume").exists()  # removed once the run completes
 
 
 def test_report_and_curves(processed, tmp_path):
     report = train_once(make_params(), processed, tmp_path)
     saved = json.loads((tmp_path / "train.json").read_text())
-    assert saved == report
-    for key in ("best_epoch", "epochs", "wall_seconds", "samples_per_second", "device", "precision", "peak_memory_mb", "parameters"):
+    runtime = json.loads((tmp_path / "runtime.json").read_text())
+    assert {**saved, **runtime} == report
+    # the metrics file holds numbers that compare across runs; timings, device and strings are runtime
+    assert all(isinstance(value, (int, float)) for value in saved.values()), saved
+    for key in ("best_validation", "best_epoch", "epochs", "steps", "parameters"):
         assert key in saved, key
+    for key in ("wall_seconds", "samples_per_second", "device", "precision", "peak_memory_mb", "arch"):
+        assert key in runtime and key not in saved, key
     assert saved["parameters"] == sum(t.numel() for t in load_checkpoint(tmp_path / "models" / "best.pt")["model"].values())
     plots = tmp_path / "live" / "plots" / "metrics"
     for name in ("train/loss", "validation/loss", "validation/accuracy", "validation/macro_f1", "lr", "samples_per_second"):
@@ -83,34 +96,44 @@ def test_report_and_curves(processed, tmp_path):
 def test_same_seed_same_metrics_and_weights(processed, tmp_path):
     first = train_once(make_params("cnn"), processed, tmp_path / "a")
     second = train_once(make_params("cnn"), processed, tmp_path / "b")
-    a, b = (load_checkpoint(p / "models" / "last.pt") for p in (tmp_path / "a", tmp_path / "b"))
-    assert learned(a) == learned(b)
-    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert learned(tmp_path / "a") == learned(tmp_path / "b")
+    assert same_weights(tmp_path / "a" / "models" / "best.pt", tmp_path / "b" / "models" / "best.pt")
     assert first["best_validation"] == second["best_validation"]
     train_once(make_params("cnn", seed=1), processed, tmp_path / "c")
-    c = load_checkpoint(tmp_path / "c" / "models" / "last.pt")
-    assert learned(c) != learned(a)  # the seed matters
+    assert learned(tmp_path / "c") != learned(tmp_path / "a")  # the seed matters
 
 
-@pytest.mark.parametrize("arch", ["bag", "lstm"])
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(arch, processed, tmp_path):
-    params = make_params(arch, patience=10)
-    train_once(params, processed, tmp_path / "whole")
-    steps_per_epoch = load_checkpoint(tmp_path / "whole" / "models" / "last.pt")["progress"]["step"] // 4
+@pytest.mark.parametrize(
+    ("arch", "eval_every", "workers"),
+    [
+        ("bag", None, 0),  # killed in epoch 2, resumed from the epoch boundary
+        ("lstm", None, 0),
+        ("bag", 5, 0),  # killed mid-epoch, resumed from a validation inside the epoch
+        ("cnn", 5, 2),  # the same with batches built in loader worker processes
+    ],
+)
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(arch, eval_every, workers, processed, tmp_path):
+    # monitor loss: it keeps falling on this data, so best.pt is the final state and its weights
+    # show that the whole trajectory after the kill was the same
+    params = make_params(arch, patience=10, monitor="loss", eval_every=eval_every, workers=workers)
+    whole = train_once(params, processed, tmp_path / "whole")
+    steps_per_epoch = whole["steps"] // 4
+    kill_at = steps_per_epoch + 2 if eval_every is None else steps_per_epoch + 6  # in epoch 2, two or three steps after a validation
+    last_validation = steps_per_epoch if eval_every is None else (kill_at - 1) // eval_every * eval_every  # the kill comes before step kill_at's validation
+    assert eval_every is None or last_validation % steps_per_epoch != 0  # really mid-epoch
 
-    with pytest.raises(SimulatedKill):  # killed during the second epoch
-        train_once(params, processed, tmp_path / "cut", stop_after_steps=steps_per_epoch + 2)
+    with pytest.raises(SimulatedKill):
+        train_once(params, processed, tmp_path / "cut", stop_after_steps=kill_at)
     state = load_checkpoint(tmp_path / "cut" / "resume" / "last.pt")
-    assert state["progress"]["epoch"] == 1 and state["progress"]["step"] == steps_per_epoch
+    assert state["progress"]["step"] == last_validation and state["progress"]["epoch"] == 1
+    assert (state["progress"]["batch"] == 0) == (eval_every is None)
     resumed = train_once(params, processed, tmp_path / "cut")
 
-    whole = load_checkpoint(tmp_path / "whole" / "models" / "last.pt")
-    cut = load_checkpoint(tmp_path / "cut" / "models" / "last.pt")
-    assert learned(cut) == learned(whole)
-    assert all(torch.equal(cut["model"][k], whole["model"][k]) for k in whole["model"])
-    assert resumed["steps"] == whole["progress"]["step"]
+    assert learned(tmp_path / "cut") == learned(tmp_path / "whole")  # every validation, bit for bit
+    assert resumed["steps"] == whole["steps"] and resumed["best_step"] == whole["best_step"]
+    assert same_weights(tmp_path / "cut" / "models" / "best.pt", tmp_path / "whole" / "models" / "best.pt")
     rows = (tmp_path / "cut" / "live" / "plots" / "metrics" / "validation" / "accuracy.tsv").read_text().splitlines()
-    assert len(rows) == 1 + 4  # the replayed epoch and the new ones, once each
+    assert len(rows) == 1 + len(learned(tmp_path / "whole")["validation/accuracy.tsv"].splitlines()) - 1  # each validation once
 
 
 def test_resume_state_of_other_params_is_discarded(processed, tmp_path, capsys):
@@ -125,7 +148,10 @@ def test_checkpoint_round_trip(processed, tmp_path):
     report = train_once(make_params("transformer", lr=0.005), processed, tmp_path)
     checkpoint = torch.load(tmp_path / "models" / "best.pt", weights_only=True)  # no pickled code
     assert checkpoint["labels"] == ["neg", "pos"] and checkpoint["model_config"]["arch"] == "transformer"
-    assert checkpoint["progress"]["step"] == report["best_step"]
+    assert checkpoint["text"] == json.loads((processed / "text.json").read_text())  # tokenizer settings
+    assert checkpoint["best"]["step"] == report["best_step"]
+    # what inference needs and nothing else: no optimizer moments, RNG or history
+    assert set(checkpoint) == {"format", "pipeline_version", "model_config", "vocab_size", "labels", "text", "model", "best"}
     # the reloaded best model scores exactly what training recorded for it
     assert test_accuracy(tmp_path / "models" / "best.pt", processed, "validation") == report["best_validation"]
 
@@ -134,9 +160,9 @@ def test_early_stopping(processed, tmp_path):
     # validation loss keeps falling, so with mode max no validation after the first improves
     report = train_once(make_params(monitor="loss", mode="max", patience=2, max_epochs=10), processed, tmp_path)
     assert report["stopped_early"] and report["epochs"] == 3 and report["best_epoch"] == 1
-    # best.pt kept the first epoch's state while last.pt moved on
-    assert load_checkpoint(tmp_path / "models" / "best.pt")["progress"]["step"] == report["best_step"]
-    assert load_checkpoint(tmp_path / "models" / "last.pt")["progress"]["step"] == report["steps"] > report["best_step"]
+    # best.pt kept the first epoch's state while training moved on
+    assert load_checkpoint(tmp_path / "models" / "best.pt")["best"]["step"] == report["best_step"]
+    assert report["steps"] > report["best_step"]
 
 
 def test_gradient_accumulation_and_eval_every(processed, tmp_path):
