@@ -160,6 +160,29 @@ def export(
 
 
 @app.command()
+def baseline(
+    params: ParamsFile = paths.PARAMS,
+    raw: Annotated[Path, typer.Option(help="Folder with the download stage's splits.")] = paths.RAW_DIR,
+    report: Annotated[Path, typer.Option(help="Where to write the baseline's test metrics (JSON).")] = paths.BASELINE_REPORT,
+    runtime: RuntimeFile = paths.BASELINE_RUNTIME,
+) -> None:
+    """Fit TF-IDF + logistic regression on the same splits as the model: the linear model to beat."""
+    with reported_errors():
+        from pipeline.baseline import run_baseline
+        from pipeline.params import load_params
+
+        loaded = load_params(params)
+        result = run_baseline(loaded.baseline, loaded.tokenize.language, raw, report, runtime)
+        if not result:
+            typer.echo(f"baseline: switched off (baseline.enabled) -> {report}")
+            return
+        typer.echo(
+            f"baseline: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} "
+            f"({result['analyzer']}, C {result['C']:g}, {result['features']:,} features, {result['seconds']:.0f} s) -> {report}"
+        )
+
+
+@app.command()
 def report(
     params: ParamsFile = paths.PARAMS,
     reports: Annotated[Path, typer.Option(help="Folder with the stages' reports.", file_okay=False)] = paths.REPORTS_DIR,

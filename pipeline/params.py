@@ -162,6 +162,14 @@ class ExportParams(Section):
     seed: int = 0  # which test documents are timed
 
 
+class BaselineParams(Section):
+    enabled: bool = True  # false: the stage writes an empty reports/baseline.json
+    analyzer: Literal["auto", "word", "char"] = "auto"  # auto: char 1-3 grams for zh/ja/th..., word 1-2 grams otherwise
+    min_df: int = Field(default=2, ge=1)  # n-grams in fewer train texts are dropped
+    C: float | None = Field(default=None, gt=0)  # logistic regression's inverse regularization; null: best of a grid on validation
+    max_iter: int = Field(default=1000, ge=1)
+
+
 class ReportParams(Section):
     examples: int = Field(default=10, ge=0)  # misclassified test texts shown (from reports/errors.csv)
 
@@ -173,6 +181,7 @@ class Params(Section):
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
     export: ExportParams = ExportParams()
+    baseline: BaselineParams = BaselineParams()
     report: ReportParams = ReportParams()
 
 
