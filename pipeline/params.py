@@ -142,6 +142,7 @@ class TrainParams(Section):
     workers: int | None = Field(default=None, ge=0)  # batch-building processes; null: 0 on CPU, 4 on CUDA
     compile: bool = False  # torch.compile the model (slow to start, faster on GPU)
     threads: int | None = Field(default=None, ge=1)  # CPU threads for torch; null: every core
+    tensorboard: bool = False  # also write the curves as TensorBoard event files in reports/train/tensorboard
 
 
 class EvaluateParams(Section):

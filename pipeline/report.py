@@ -8,6 +8,7 @@ Rendered only from what the stages wrote (nothing is recomputed from data or mod
   reports/train.json, reports/train/plots/metrics/**.tsv   training summary and curves
   reports/metrics.json, reports/confusion.csv, reports/errors.csv   test results
   reports/export.json        export sizes, accuracy, latency
+  reports/baseline.json      the linear baseline's test accuracy and macro-F1
 Self-contained: the figures are inline SVG (matplotlib), the styles inline, no scripts and
 no network at view time. Byte-stable for the same inputs (fixed SVG ids, no dates).
 """
@@ -15,6 +16,7 @@ no network at view time. Byte-stable for the same inputs (fixed SVG ids, no date
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,12 @@ from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_file, read_json
 from pipeline.params import Params
+from pipeline.text import HTML_TAG
 
 CURVES = "plots/metrics"  # under the DVCLive folder
 RUNTIME = "runtime"  # under the reports folder: <stage>.json with timings and device
+CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Micro Hei",
+             "Microsoft YaHei", "PingFang SC", "Hiragino Sans", "Malgun Gothic", "Apple SD Gothic Neo"]
 PALETTE = ["#3b6fb6", "#e07b39", "#4a9d5b", "#b8433e", "#7d5ba6", "#8c6d46"]
 
 
@@ -68,6 +73,9 @@ def _pyplot():
         "svg.fonttype": "none",  # text stays text: smaller, selectable, crisp
         "svg.hashsalt": "report",  # fixed element ids: the same inputs give the same bytes
         "font.size": 9,
+        # With svg.fonttype none the browser draws the text from this list: CJK fonts after
+        # DejaVu, so class names in Chinese, Japanese or Korean get glyphs, not empty boxes.
+        "font.sans-serif": ["DejaVu Sans", *CJK_FONTS, "Arial", "Helvetica"],
         "axes.spines.top": False,
         "axes.spines.right": False,
         "axes.grid": True,
@@ -80,7 +88,10 @@ def _pyplot():
 def _svg(figure) -> str:
     plt = _pyplot()
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    with warnings.catch_warnings():
+        # matplotlib measures text with DejaVu, which lacks CJK glyphs; the browser draws them
+        warnings.filterwarnings("ignore", message="Glyph .* missing from font")
+        figure.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None, "Creator": None})
     plt.close(figure)
     text = buffer.getvalue()
     return text[text.index("<svg") :]  # inline: drop the XML prolog and doctype
@@ -195,6 +206,16 @@ def per_class_rows(metrics: dict, labels: list[str], confusion: pd.DataFrame) ->
     ]
 
 
+def shown_errors(errors: pd.DataFrame, strip_html: bool) -> list[dict]:
+    """The mistakes as the model read them: HTML tags (IMDB's <br />) removed when the tokenizer
+    removed them, whitespace collapsed."""
+    records = errors.to_dict("records")
+    for record in records:
+        text = HTML_TAG.sub(" ", str(record["text"])) if strip_html else str(record["text"])
+        record["text"] = " ".join(text.split())
+    return records
+
+
 def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path, out_path: Path) -> dict[str, Any]:
     """Read every stage's reports and write the HTML page; returns what it showed."""
     import jinja2
@@ -205,6 +226,7 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
     tokenize = {**_read_json(reports / "tokenize.json", "tokenize"), **_read_json(reports / RUNTIME / "tokenize.json", "tokenize")}
     train = {**_read_json(reports / "train.json", "train"), **_read_json(reports / RUNTIME / "train.json", "train")}
     metrics = _read_json(reports / "metrics.json", "evaluate")
+    baseline = {**_read_json(reports / "baseline.json", "baseline"), **_read_json(reports / RUNTIME / "baseline.json", "baseline")}
     export = {**_read_json(reports / "export.json", "export"), **_read_json(reports / RUNTIME / "export.json", "export")}
     confusion = _read_csv(reports / "confusion.csv", "evaluate", ["actual", "predicted"]).astype(str)
     errors = _read_csv(reports / "errors.csv", "evaluate", ["text", "actual", "predicted", "confidence"])
@@ -238,9 +260,10 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
         train=train,
         metrics=metrics,
         export=export,
+        baseline=baseline,
         labels=labels,
         per_class=per_class_rows(metrics, labels, confusion),
-        errors=errors.head(params.report.examples).to_dict("records"),
+        errors=shown_errors(errors.head(params.report.examples), params.tokenize.strip_html),
         figures=figures,
     )
     with atomic_file(out_path) as handle:

@@ -57,6 +57,9 @@ from pipeline.params import Params, TrainParams
 from pipeline.system import available_cores
 
 
+TENSORBOARD = "tensorboard"  # event files' folder inside the DVCLive folder (train.tensorboard)
+
+
 class SimulatedKill(RuntimeError):
     """Raised by `stop_after_steps` so tests can interrupt a run at a known step."""
 
@@ -167,9 +170,10 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 
 class _Live:
-    """DVCLive, with dvc.yaml written by hand; history is replayed after a resume."""
+    """DVCLive, with dvc.yaml written by hand, and optionally TensorBoard event files beside
+    its plots; history is replayed after a resume."""
 
-    def __init__(self, folder: Path, history: list[dict[str, float]]):
+    def __init__(self, folder: Path, history: list[dict[str, float]], tensorboard: bool = False):
         from dvclive import Live
 
         class FilesOnly(Live):
@@ -179,7 +183,20 @@ class _Live:
             def _init_dvc(self) -> None:
                 self._dvc_file = self._init_dvc_file()
 
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise PipelineError(
+                    "train.tensorboard is true but the tensorboard package is missing: pip install tensorboard "
+                    "(or pip install -e '.[tensorboard]'), or set train.tensorboard to false"
+                ) from None
         self.live = FilesOnly(str(folder), dvcyaml=False, save_dvc_exp=False, report=None)
+        if tensorboard:
+            events = folder / TENSORBOARD
+            shutil.rmtree(events, ignore_errors=True)  # a resumed run replays its history into fresh files
+            self.writer = SummaryWriter(str(events))
         for record in history:
             self.log(record)
 
@@ -188,10 +205,14 @@ class _Live:
         for name, value in record.items():
             if name != "step":
                 self.live.log_metric(name, value, plot=True)
+                if self.writer is not None:
+                    self.writer.add_scalar(name, value, int(record["step"]))
         self.live.next_step()
 
     def close(self) -> None:
         self.live.end()
+        if self.writer is not None:
+            self.writer.close()
 
 
 class Console:
@@ -292,7 +313,7 @@ def run_train(
     batches_per_epoch = math.ceil(len(train) / config.batch_size)
     steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)
     total_steps = steps_per_epoch * config.max_epochs
-    live = _Live(live_dir, state.history)
+    live = _Live(live_dir, state.history, config.tensorboard)
     started = time.perf_counter()
 
     def inference_state() -> dict[str, Any]:

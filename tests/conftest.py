@@ -149,7 +149,7 @@ def project(tmp_path_factory) -> Path:
         train={"max_epochs": 3, "lr": 0.05, "threads": 1},
         export={**FAST_EXPORT, "threads": 1},
     )
-    for command in ("download", "tokenize", "train", "evaluate", "export"):
+    for command in ("download", "tokenize", "train", "evaluate", "export", "baseline"):
         result = run_cli(command, cwd=root)
         assert result.returncode == 0, (command, result.stderr)
     return root

@@ -225,3 +225,18 @@ def test_trains_in_a_git_repo_without_commits(processed, tmp_path):
     result = run_cli("train", "--data", str(processed), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "reports" / "train" / "plots" / "metrics" / "validation" / "loss.tsv").is_file()
+
+
+def test_tensorboard_event_files_hold_the_same_curves(processed, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    report = train_once(make_params(tensorboard=True), processed, tmp_path)
+    events = EventAccumulator(str(tmp_path / "live" / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("validation/accuracy")
+    rows = (tmp_path / "live" / "plots" / "metrics" / "validation" / "accuracy.tsv").read_text().splitlines()[1:]
+    assert len(logged) == len(rows) == report["epochs"]  # one point per validation, as in DVCLive
+    # DVCLive's columns: step, value
+    assert [e.step for e in logged] == [int(row.split("\t")[0]) for row in rows]
+    assert [e.value for e in logged] == pytest.approx([float(row.split("\t")[1]) for row in rows])
+    assert {"train/loss", "validation/loss", "lr"} <= set(events.Tags()["scalars"])
