@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_file, staged_dir, write_json
-from pipeline.params import TokenizeParams
+from pipeline.params import TokenizeParams, short_repr
 from pipeline.paths import PROCESSED_DIR, RAW_DIR, TOKENIZE_REPORT
 from pipeline.system import available_cores
 from pipeline.text import PAD, UNK, UNK_ID, Hasher, HashLookup, TextSettings, Workers, make_tokenizer
@@ -166,7 +166,7 @@ def empty_vocab_message(distinct: list[np.ndarray], counts: list[np.ndarray], st
     if not top["tokens"]:
         return "the train split has no tokens at all, so there is no vocabulary; check download.text_columns"
     return (
-        f"tokenize.min_freq: no train token occurs {min_freq:,} times (the most frequent, {top['tokens'][0]!r}, "
+        f"tokenize.min_freq: no train token occurs {min_freq:,} times (the most frequent, {short_repr(top['tokens'][0], 40)}, "
         f"occurs {top['counts'][0]:,}), so the vocabulary would hold only <pad> and <unk>; lower tokenize.min_freq"
     )
 
