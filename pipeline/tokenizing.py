@@ -166,7 +166,7 @@ def empty_vocab_message(distinct: list[np.ndarray], counts: list[np.ndarray], st
     if not top["tokens"]:
         return "the train split has no tokens at all, so there is no vocabulary; check download.text_columns"
     return (
-        f"tokenize.min_freq: no train token occurs {min_freq:,} times (the most frequent, {short_repr(top['tokens'][0], 40)}, "
+        f"tokenize.min_freq: no train token occurs {min_freq:,} times or more (the most frequent, {short_repr(top['tokens'][0], 40)}, "
         f"occurs {top['counts'][0]:,}), so the vocabulary would hold only <pad> and <unk>; lower tokenize.min_freq"
     )
 
