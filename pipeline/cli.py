@@ -23,6 +23,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+MAX_ERROR_CHARS = 1000  # of the one error line a PipelineError prints
+
 ParamsFile = Annotated[Path, typer.Option("--params", "-p", help="Params file to read.", dir_okay=False)]
 ProcessedDir = Annotated[Path, typer.Option(help="Folder written by the tokenize stage.", file_okay=False)]
 RuntimeFile = Annotated[Path, typer.Option(help="Where to write timings and device (JSON; not a metric).", dir_okay=False)]
@@ -35,6 +37,8 @@ def reported_errors() -> Iterator[None]:
         yield
     except PipelineError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
+        if len(message) > MAX_ERROR_CHARS:  # a huge bad value must not flood the terminal
+            message = message[: MAX_ERROR_CHARS - 1] + "…"
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
 

@@ -3,56 +3,104 @@
 Every default lives here, one line each; params.yaml repeats them so DVC can
 track each key. An unknown key, a wrong type or a value out of range is a
 PipelineError that names the key path, e.g. ``tokenize.min_freq``.
+
+Rules that tie keys together are checked here too (model_validator), so that no
+stage starts with params that would crash it or make it quietly do something
+else. Such a rule raises KeyRuleError with the key it blames, so the message
+names that key as a field error would. Rules for one architecture apply only
+when `model.arch` picks it: the params of an unused architecture never block a run.
+Not rules, on purpose:
+- download.validation_fraction + download.test_fraction may reach 1: the test
+  share is carved first, the validation share from what is left of train.
+- train.eval_every and train.accumulate: both count optimizer steps.
+- train.mode max with monitor loss: odd but allowed (a test uses it).
 """
 
 from __future__ import annotations
 
 import codecs
 import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, first_line
 from pipeline.paths import PARAMS
 
+INT32_MAX = 2**31 - 1  # token ids are int32; n-gram hashes are below the Mersenne prime 2^31 - 1
+SEED_MAX = 2**64 - 1  # torch.manual_seed's range; numpy takes no negative seed
+
+
+class KeyRuleError(ValueError):
+    """A rule between keys is broken: `key` is the path (relative to the section whose
+    validator raises it) of the key to change, `got` its value, for describe_error."""
+
+    def __init__(self, key: str, message: str, got: Any):
+        super().__init__(message)
+        self.key, self.got = key, got
+
+
 def _known_device(value: str) -> str:
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,4})?|mps", value):
         raise ValueError("must be auto, cpu, cuda, cuda:<index> or mps")
     return value
 
 
 Device = Annotated[str, AfterValidator(_known_device)]
+Name = Annotated[str, Field(min_length=1)]  # a column, split or class name: never empty
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+
+
+def _duplicates(values: list) -> str:
+    """The values listed more than once, for a message ('' if none)."""
+    seen, repeated = set(), []
+    for value in values:
+        if value in seen and value not in repeated:
+            repeated.append(value)
+        seen.add(value)
+    return ", ".join(short_repr(v, 40) for v in repeated[:3])
 
 
 class Section(BaseModel):
     # strict: no silent "yes" -> True or 2.5 -> 2; extra="forbid": typos are errors.
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan=False: YAML's .inf and .nan are no learning rate or dropout.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class SplitNames(Section):
     """Names of the splits in the source (HF split, file stem or folder name)."""
 
-    train: str = "train"
-    validation: str | None = None  # None: any of validation/valid/val/dev, else carved from train
-    test: str = "test"
+    train: Name = "train"
+    validation: Name | None = None  # None: any of validation/valid/val/dev, else carved from train
+    test: Name = "test"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> SplitNames:
+        if self.test == self.train:
+            raise KeyRuleError("test", "must differ from download.splits.train: a model is never tested on its training data", self.test)
+        if self.validation in (self.train, self.test):
+            raise KeyRuleError(
+                "validation", "must differ from download.splits.train and .test (or be null to carve it from train)", self.validation
+            )
+        return self
 
 
 class DownloadParams(Section):
-    source: str = "hf:fancyzhx/ag_news"  # hf:<id>, http(s) URL, or a local file, folder or archive
-    hf_config: str | None = None  # Hugging Face dataset config name
+    source: Name = "hf:fancyzhx/ag_news"  # hf:<id>, http(s) URL, or a local file, folder or archive
+    hf_config: Name | None = None  # Hugging Face dataset config name (hf: sources only)
     splits: SplitNames = SplitNames()
-    sha256: str | None = None  # checksum of the downloaded (or local) file, verified before use
+    sha256: str | None = None  # checksum of the downloaded (or local) file, verified before use (not for hf:)
     encoding: str = "utf-8"  # encoding of text files (CSV, TSV, JSON Lines, .txt)
-    text_columns: list[str] = Field(default=["text"], min_length=1)  # several are joined with a space
-    label_column: str = "label"
-    column_names: list[str] | None = None  # for headerless CSV/TSV: the names of its columns
-    label_names: dict[str | int, str] | None = None  # raw label -> class name, e.g. {1: World}
+    text_columns: list[Name] = Field(default=["text"], min_length=1)  # several are joined with a space
+    label_column: Name = "label"
+    column_names: list[Name] | None = None  # for headerless CSV/TSV: the names of its columns
+    label_names: dict[str | int, Name] | None = None  # raw label -> class name, e.g. {1: World}
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # of train, when the source has no validation split
     test_fraction: float = Field(default=0.2, gt=0, lt=1)  # of all rows, for single-file sources
     max_rows: int | None = Field(default=None, ge=2)  # per split, stratified sample, for quick runs
-    seed: int = 42
+    seed: Seed = 42
 
     @field_validator("sha256")
     @classmethod
@@ -74,29 +122,70 @@ class DownloadParams(Section):
     @classmethod
     def _string_keys(cls, value: dict[str | int, str] | None) -> dict[str | int, str] | None:
         # Raw labels are compared as strings, whatever YAML made of the keys.
-        return {str(k): v for k, v in value.items()} if value is not None else None
+        if value is None:
+            return None
+        names = {str(k): v for k, v in value.items()}
+        if "" in names:
+            raise ValueError("a raw label cannot be empty: rows without a label are an error anyway")
+        if len(set(names.values())) < 2:
+            raise ValueError("must name at least two classes (a classifier needs two); or null to keep the raw labels")
+        return names
+
+    @model_validator(mode="after")
+    def _consistent(self) -> DownloadParams:
+        hf = self.source.startswith("hf:")
+        if hf and not self.source.removeprefix("hf:").strip():
+            raise KeyRuleError("source", "hf: needs a dataset id, e.g. hf:fancyzhx/ag_news", self.source)
+        if hf and self.sha256 is not None:
+            raise KeyRuleError("sha256", "applies to URL and local-file sources, not hf: datasets; remove it", self.sha256)
+        if not hf and self.hf_config is not None:
+            raise KeyRuleError("hf_config", "applies to hf: sources only; remove it or set download.source to hf:<id>", self.hf_config)
+        if repeated := _duplicates(self.text_columns):
+            raise KeyRuleError("text_columns", f"lists {repeated} more than once; list each column once", self.text_columns)
+        if self.label_column in self.text_columns:
+            raise KeyRuleError(
+                "label_column", "is also in download.text_columns; the label must not be part of the text the model reads", self.label_column
+            )
+        if self.column_names is not None:
+            if repeated := _duplicates(self.column_names):
+                raise KeyRuleError("column_names", f"names {repeated} more than once; give each column its own name", self.column_names)
+            missing = [c for c in [*self.text_columns, self.label_column] if c not in self.column_names]
+            if missing:
+                raise KeyRuleError(
+                    "column_names",
+                    f"has no {', '.join(short_repr(c, 40) for c in missing[:3])}; it must name every download.text_columns entry and download.label_column",
+                    self.column_names,
+                )
+        return self
 
 
 class TokenizeParams(Section):
-    language: str = "en"  # spaCy language code for spacy.blank (rule-based tokenizer, no model download)
+    language: Name = "en"  # spaCy language code for spacy.blank (rule-based tokenizer, no model download)
     lowercase: bool = True
     strip_html: bool = True  # replace HTML tags such as IMDB's <br /> with a space
     max_tokens: int = Field(default=1000, ge=1)  # longer documents are truncated (IMDB: 3% of reviews)
     min_freq: int = Field(default=2, ge=1)  # rarer train tokens become <unk>
-    max_vocab: int | None = Field(default=50_000, ge=3)  # including <pad> and <unk>
+    max_vocab: int | None = Field(default=50_000, ge=3, le=INT32_MAX)  # including <pad> and <unk>
     workers: int | None = Field(default=None, ge=1)  # None: every core
     batch_size: int = Field(default=256, ge=1)  # documents per worker task
 
 
 class BagParams(Section):
     ngram: int = Field(default=2, ge=1, le=4)  # 2: words and hashed word bigrams (fastText's wordNgrams)
-    buckets: int = Field(default=1_000_000, ge=1)  # hash buckets for the n-grams (fastText's bucket)
+    buckets: int = Field(default=1_000_000, ge=1, le=INT32_MAX)  # hash buckets for the n-grams (fastText's bucket)
     sparse: bool = True  # sparse embedding gradients: each step updates only the rows a batch used
 
 
 class CnnParams(Section):
     filters: int = Field(default=100, ge=1)  # per width
-    widths: list[PositiveInt] = Field(default=[3, 4, 5], min_length=1)  # tokens per filter
+    widths: list[PositiveInt] = Field(default=[3, 4, 5], min_length=1)  # tokens per filter, each at most tokenize.max_tokens
+
+    @field_validator("widths")
+    @classmethod
+    def _unique(cls, value: list[int]) -> list[int]:
+        if repeated := _duplicates(value):
+            raise ValueError(f"lists width {repeated} more than once; raise model.cnn.filters for more filters per width")
+        return value
 
 
 class LstmParams(Section):
@@ -106,9 +195,9 @@ class LstmParams(Section):
 
 class TransformerParams(Section):
     layers: int = Field(default=2, ge=1)
-    heads: int = Field(default=4, ge=1)
+    heads: int = Field(default=4, ge=1)  # must divide model.embed_dim
     ff_dim: int = Field(default=256, ge=1)
-    max_positions: int = Field(default=1024, ge=1)  # longer inputs are cut here
+    max_positions: int = Field(default=1024, ge=1)  # at least tokenize.max_tokens (the model would cut longer inputs)
 
 
 class ModelParams(Section):
@@ -120,9 +209,20 @@ class ModelParams(Section):
     lstm: LstmParams = LstmParams()
     transformer: TransformerParams = TransformerParams()
 
+    @model_validator(mode="after")
+    def _fits_arch(self) -> ModelParams:
+        if self.arch == "transformer" and self.embed_dim % self.transformer.heads:
+            divisors = [h for h in range(1, min(self.embed_dim, 16) + 1) if self.embed_dim % h == 0]
+            raise KeyRuleError(
+                "transformer.heads",
+                f"must divide model.embed_dim ({self.embed_dim}) evenly, e.g. {', '.join(map(str, divisors[-3:]))}; change either",
+                self.transformer.heads,
+            )
+        return self
+
 
 class TrainParams(Section):
-    seed: int = 0  # weights, dropout and batch order; the same seed gives the same metrics on CPU
+    seed: Seed = 0  # weights, dropout and batch order; the same seed gives the same metrics on CPU
     device: Device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     batch_size: int = Field(default=64, ge=1)  # documents per optimizer step (before accumulation)
@@ -160,7 +260,7 @@ class ExportParams(Section):
     latency_runs: int = Field(default=300, ge=10)  # batch-1 calls timed per engine, on random test documents
     latency_warmup: int = Field(default=30, ge=0)  # untimed calls first, so every engine is measured warm
     throughput_batches: int = Field(default=30, ge=1)  # batch-64 calls timed per engine
-    seed: int = 0  # which test documents are timed
+    seed: Seed = 0  # which test documents are timed
 
 
 class BaselineParams(Section):
@@ -185,16 +285,61 @@ class Params(Section):
     baseline: BaselineParams = BaselineParams()
     report: ReportParams = ReportParams()
 
+    @model_validator(mode="after")
+    def _sections_agree(self) -> Params:
+        model, max_tokens = self.model, self.tokenize.max_tokens
+        if model.arch == "transformer" and model.transformer.max_positions < max_tokens:
+            raise KeyRuleError(
+                "model.transformer.max_positions",
+                f"is below tokenize.max_tokens ({max_tokens}): the model would silently cut longer documents; "
+                "raise it or lower tokenize.max_tokens",
+                model.transformer.max_positions,
+            )
+        if model.arch == "cnn" and max(model.cnn.widths) > max_tokens:
+            raise KeyRuleError(
+                "model.cnn.widths",
+                f"has a width above tokenize.max_tokens ({max_tokens}): no document is that long; use narrower filters",
+                model.cnn.widths,
+            )
+        return self
+
+
+SHOWN_CHARS = 80  # of an offending value or key in an error message
+SHOWN_PROBLEMS = 5  # problems listed in one error message
+
+
+def clipped(text: str, limit: int = SHOWN_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def short_repr(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """repr of a value, cut to `limit` characters without building the repr of a huge value."""
+    shortener = reprlib.Repr()
+    shortener.maxstring = shortener.maxother = shortener.maxlong = limit
+    shortener.maxlist = shortener.maxtuple = shortener.maxset = shortener.maxdict = 6
+    try:
+        text = shortener.repr(value)
+    except ValueError:  # an int too long to print (Python's 4300-digit limit)
+        text = f"<{type(value).__name__} too long to show>"
+    return clipped(text, limit)
+
 
 def describe_error(error: dict[str, Any]) -> str:
-    """One pydantic error as 'key.path: what is wrong (got value)'."""
-    key = ".".join(str(part) for part in error["loc"] if part != "[key]")
+    """One pydantic error as 'key.path: what is wrong (got value)', on one line, of bounded length."""
+    parts = [clipped(str(part)) for part in error["loc"] if part != "[key]"]
+    got = error["input"]
+    rule = error.get("ctx", {}).get("error")
+    if isinstance(rule, KeyRuleError):  # a rule between keys: name the key it blames
+        parts.append(rule.key)
+        got = rule.got
+    key = ".".join(parts)
     if error["type"] == "extra_forbidden":
         return f"{key}: unknown key"
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    return f"{key}: {message} (got {error['input']!r})"
+    message = clipped(" ".join(message.split()), 4 * SHOWN_CHARS)
+    return f"{key}: {message} (got {short_repr(got)})"
 
 
 def parse_params(data: Any, origin: str = "params.yaml") -> Params:
@@ -206,7 +351,10 @@ def parse_params(data: Any, origin: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(describe_error(e) for e in exc.errors())
+        errors = exc.errors()
+        problems = "; ".join(describe_error(e) for e in errors[:SHOWN_PROBLEMS])
+        if len(errors) > SHOWN_PROBLEMS:
+            problems += f"; and {len(errors) - SHOWN_PROBLEMS} more"
         raise PipelineError(f"{origin}: {problems}. Fix it in {origin} (or in your -S override).") from None
 
 
@@ -222,6 +370,8 @@ def load_params(path: Path = PARAMS) -> Params:
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PipelineError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+        raise PipelineError(f"{path}: not valid YAML{where}: {clipped(str(getattr(exc, 'problem', exc)))}") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise PipelineError(f"{path}: a value cannot be read: {clipped(first_line(exc), 4 * SHOWN_CHARS)}") from None
     return parse_params(data, origin=str(path))
 

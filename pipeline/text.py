@@ -36,13 +36,55 @@ class TextSettings:
         return asdict(self)
 
 
+# Languages whose spaCy tokenizer needs a package that spaCy does not install (spaCy 3.8,
+# spacy/lang/*/__init__.py): the module it imports -> how to get it. Every other language
+# spaCy has (zh, ru and uk included) tokenizes with spaCy alone.
+EXTRA_PACKAGES = {
+    "sudachipy": "pip install sudachipy sudachidict_core",  # ja
+    "sudachidict_core": "pip install sudachipy sudachidict_core",  # ja
+    "natto": "pip install natto-py, with the mecab-ko and mecab-ko-dic system libraries",  # ko
+    "pythainlp": "pip install pythainlp",  # th
+    "pyvi": "pip install pyvi",  # vi
+}
+
+
+def _missing_module(exc: BaseException) -> str | None:
+    """The module whose import failed, from an ImportError or one it replaced: spaCy
+    re-raises its own ImportError `from None`, keeping the original as __context__."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ImportError) and current.name:
+            return current.name
+        current = current.__cause__ or current.__context__
+    return None
+
+
 def make_tokenizer(language: str):
+    """spaCy's rule-based tokenizer for a language code; a PipelineError names an unknown
+    code, or the package a known language needs and how to install it."""
     import spacy
 
+    unknown = PipelineError(f"tokenize.language: spaCy has no language {language!r}; use a code such as en, de, fr, es")
+    try:
+        spacy.util.get_lang_class(language)
+    except ImportError as exc:
+        module = _missing_module(exc)
+        if module is None or module.startswith("spacy.lang."):
+            raise unknown from None
+        raise PipelineError(f"tokenize.language: {language!r} needs the Python module {module!r}, which is not installed; install it") from None
+    except (KeyError, ValueError, OSError):
+        raise unknown from None
     try:
         return spacy.blank(language).tokenizer
-    except (ImportError, KeyError, ValueError, OSError):
-        raise PipelineError(f"tokenize.language: spaCy has no language {language!r}; use a code such as en, de, fr, es") from None
+    except ImportError as exc:
+        module = (_missing_module(exc) or "?").split(".")[0]
+        install = EXTRA_PACKAGES.get(module, f"install the package that provides it (pip install {module}?)")
+        raise PipelineError(
+            f"tokenize.language: spaCy's {language!r} tokenizer needs the module {module!r}, which is not installed; "
+            f"{install}, or pick another language"
+        ) from None
 
 
 class Hasher:

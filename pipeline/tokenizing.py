@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_file, staged_dir, write_json
-from pipeline.params import TokenizeParams
+from pipeline.params import TokenizeParams, short_repr
 from pipeline.paths import PROCESSED_DIR, RAW_DIR, TOKENIZE_REPORT
 from pipeline.system import available_cores
 from pipeline.text import PAD, UNK, UNK_ID, Hasher, HashLookup, TextSettings, Workers, make_tokenizer
@@ -110,6 +110,8 @@ def run_tokenize(
         tokenize_seconds = time.perf_counter() - started
 
         vocab = build_vocab(train_distinct, train_counts, strings, params.min_freq, params.max_vocab)
+        if not vocab["tokens"]:  # raised inside staged_dir: nothing is written
+            raise PipelineError(empty_vocab_message(train_distinct, train_counts, strings, params.min_freq))
         lookup = HashLookup(np.array([0, 0, *vocab["hashes"]], dtype=np.uint64))
         unknown, kept_tokens = {}, {}
         for split in SPLITS:
@@ -163,6 +165,16 @@ def build_vocab(distinct: list[np.ndarray], counts: list[np.ndarray], strings: d
     if max_vocab is not None:
         entries = entries[: max_vocab - 2]
     return {"tokens": [e[0] for e in entries], "counts": [e[1] for e in entries], "hashes": [e[2] for e in entries]}
+
+
+def empty_vocab_message(distinct: list[np.ndarray], counts: list[np.ndarray], strings: dict[int, str], min_freq: int) -> str:
+    top = build_vocab(distinct, counts, strings, 1, 3)
+    if not top["tokens"]:
+        return "the train split has no tokens at all, so there is no vocabulary; check download.text_columns"
+    return (
+        f"tokenize.min_freq: no train token occurs {min_freq:,} times or more (the most frequent, {short_repr(top['tokens'][0], 40)}, "
+        f"occurs {top['counts'][0]:,}), so the vocabulary would hold only <pad> and <unk>; lower tokenize.min_freq"
+    )
 
 
 def write_ids(staging: Path, split: str, kept: np.ndarray, lookup: HashLookup) -> int:

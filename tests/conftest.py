@@ -128,6 +128,8 @@ TINY_MODEL = {
     "lstm": {"hidden": 16},
     "transformer": {"layers": 1, "heads": 2, "ff_dim": 32, "max_positions": 64},
 }
+# what a transformer with TINY_MODEL's max_positions needs (every test text is far shorter)
+TINY_TOKENIZE = {"max_tokens": 64}
 # quick measurements, and every weight quantized so that the int8 paths run even in tiny models
 FAST_EXPORT = {"latency_runs": 10, "latency_warmup": 2, "throughput_batches": 2, "int8_min_weights": 0}
 

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
+from typing import Any
 
 import pytest
-from conftest import REPO, assert_user_error, run_cli
+from conftest import REPO, assert_user_error, run_cli, write_params
+from pydantic import BaseModel
 
 from pipeline.errors import PipelineError
 from pipeline.params import Params, load_params, parse_params
 
 
-def leaf_keys(data: dict, prefix: str = "") -> set[str]:
+def yaml_keys(data: dict, prefix: str = "") -> set[str]:
     keys = set()
     for key, value in data.items():
-        keys |= leaf_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "label_names" else {f"{prefix}{key}"}
+        keys |= yaml_keys(value, f"{prefix}{key}.") if isinstance(value, dict) and key != "label_names" else {f"{prefix}{key}"}
     return keys
 
 
@@ -24,7 +27,7 @@ def test_params_yaml_lists_every_key():
     import yaml
 
     shipped = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    assert leaf_keys(shipped) == leaf_keys(Params().model_dump())
+    assert yaml_keys(shipped) == leaf_keys()
     load_params(REPO / "params.yaml")  # and it is valid
 
 
@@ -73,3 +76,334 @@ def test_cli_reports_invalid_yaml_and_missing_file(tmp_path):
     (tmp_path / "params.yaml").write_text("download: [unclosed\n")
     assert_user_error(run_cli("download", cwd=tmp_path), "not valid YAML")
     assert_user_error(run_cli("download", "--params", "missing.yaml", cwd=tmp_path), "missing.yaml", "no such params file")
+
+
+# --- every leaf key, every rule ------------------------------------------------------------
+# One row per case: (key path, bad value, what the message must say[, other keys it needs]).
+# TYPE rows give a value of the wrong type; VALUE rows a value of the right type that a rule
+# forbids; RULE rows break a rule between keys (the message must name the key it blames).
+TYPE = [
+    ("download.source", 5, "valid string"),
+    ("download.hf_config", 5, "valid string"),
+    ("download.splits.train", 5, "valid string"),
+    ("download.splits.validation", 5, "valid string"),
+    ("download.splits.test", ["test"], "valid string"),
+    ("download.sha256", 5, "valid string"),
+    ("download.encoding", 8, "valid string"),
+    ("download.text_columns", "text", "valid list"),
+    ("download.label_column", 0, "valid string"),
+    ("download.column_names", "a,b", "valid list"),
+    ("download.label_names", ["World"], "valid dictionary"),
+    ("download.validation_fraction", "0.1", "valid number"),
+    ("download.test_fraction", "0.2", "valid number"),
+    ("download.max_rows", 100.0, "valid integer"),
+    ("download.seed", "42", "valid integer"),
+    ("tokenize.language", 1, "valid string"),
+    ("tokenize.lowercase", "yes", "valid boolean"),
+    ("tokenize.strip_html", 1, "valid boolean"),
+    ("tokenize.max_tokens", "1000", "valid integer"),
+    ("tokenize.min_freq", 2.5, "valid integer"),
+    ("tokenize.max_vocab", "50k", "valid integer"),
+    ("tokenize.workers", "all", "valid integer"),
+    ("tokenize.batch_size", True, "valid integer"),
+    ("model.arch", 1, "Input should be 'bag', 'cnn', 'lstm' or 'transformer'"),
+    ("model.embed_dim", "32", "valid integer"),
+    ("model.dropout", "0.2", "valid number"),
+    ("model.bag.ngram", 2.0, "valid integer"),
+    ("model.bag.buckets", "1M", "valid integer"),
+    ("model.bag.sparse", "true", "valid boolean"),
+    ("model.cnn.filters", "100", "valid integer"),
+    ("model.cnn.widths", 3, "valid list"),
+    ("model.lstm.hidden", 128.5, "valid integer"),
+    ("model.lstm.layers", "1", "valid integer"),
+    ("model.transformer.layers", "2", "valid integer"),
+    ("model.transformer.heads", 4.0, "valid integer"),
+    ("model.transformer.ff_dim", "256", "valid integer"),
+    ("model.transformer.max_positions", "1024", "valid integer"),
+    ("train.seed", "0", "valid integer"),
+    ("train.device", 0, "valid string"),
+    ("train.precision", 16, "Input should be 'auto', 'fp32' or 'bf16'"),
+    ("train.batch_size", "64", "valid integer"),
+    ("train.accumulate", 1.5, "valid integer"),
+    ("train.max_epochs", "5", "valid integer"),
+    ("train.lr", "1e-3", "valid number"),
+    ("train.weight_decay", "0", "valid number"),
+    ("train.warmup", "5%", "valid number"),
+    ("train.schedule", None, "Input should be 'cosine', 'linear' or 'constant'"),
+    ("train.clip_norm", "off", "valid number"),
+    ("train.label_smoothing", "0.1", "valid number"),
+    ("train.eval_every", "epoch", "valid integer"),
+    ("train.monitor", 1, "Input should be 'loss', 'accuracy' or 'macro_f1'"),
+    ("train.mode", True, "Input should be 'auto', 'min' or 'max'"),
+    ("train.patience", "2", "valid integer"),
+    ("train.min_delta", "0", "valid number"),
+    ("train.workers", "4", "valid integer"),
+    ("train.compile", "no", "valid boolean"),
+    ("train.tensorboard", "yes", "valid boolean"),
+    ("train.threads", 2.0, "valid integer"),
+    ("evaluate.device", ["cpu"], "valid string"),
+    ("evaluate.batch_size", "256", "valid integer"),
+    ("evaluate.errors", "50", "valid integer"),
+    ("evaluate.error_chars", 300.0, "valid integer"),
+    ("export.opset", "18", "valid integer"),
+    ("export.int8_min_weights", 4096.0, "valid integer"),
+    ("export.threads", "1", "valid integer"),
+    ("export.batch_size", "256", "valid integer"),
+    ("export.latency_runs", "300", "valid integer"),
+    ("export.latency_warmup", 30.5, "valid integer"),
+    ("export.throughput_batches", "30", "valid integer"),
+    ("export.seed", "0", "valid integer"),
+    ("baseline.enabled", "on", "valid boolean"),
+    ("baseline.analyzer", 1, "Input should be 'auto', 'word' or 'char'"),
+    ("baseline.min_df", "2", "valid integer"),
+    ("baseline.C", "16", "valid number"),
+    ("baseline.max_iter", 10.5, "valid integer"),
+    ("report.examples", "10", "valid integer"),
+]
+VALUE = [
+    ("download.source", "", "at least 1 character"),
+    ("download.source", "hf:", "hf: needs a dataset id"),
+    ("download.hf_config", "", "at least 1 character"),
+    ("download.splits.train", "", "at least 1 character"),
+    ("download.splits.validation", "", "at least 1 character"),
+    ("download.splits.test", "", "at least 1 character"),
+    ("download.sha256", "abc", "must be 64 hexadecimal"),
+    ("download.encoding", "klingon", "unknown text encoding"),
+    ("download.text_columns", [], "at least 1 item"),
+    ("download.text_columns", ["title", "title"], "'title' more than once"),
+    ("download.text_columns.0", "", "at least 1 character"),
+    ("download.label_column", "", "at least 1 character"),
+    ("download.column_names", ["text", "label", "text"], "'text' more than once"),
+    ("download.column_names.1", "", "at least 1 character"),
+    ("download.label_names", {1: "World"}, "at least two classes"),
+    ("download.label_names", {1: "World", 2: "World"}, "at least two classes"),
+    ("download.label_names", {"": "World", 2: "Sports"}, "raw label cannot be empty"),
+    ("download.label_names.2", "", "at least 1 character"),
+    ("download.validation_fraction", 0.0, "greater than 0"),
+    ("download.validation_fraction", 1.0, "less than 1"),
+    ("download.validation_fraction", float("nan"), "finite number"),
+    ("download.test_fraction", 0, "greater than 0"),
+    ("download.test_fraction", 1.5, "less than 1"),
+    ("download.max_rows", 1, "greater than or equal to 2"),
+    ("download.seed", -1, "greater than or equal to 0"),
+    ("download.seed", 2**64, "less than or equal to"),
+    ("tokenize.language", "", "at least 1 character"),
+    ("tokenize.max_tokens", 0, "greater than or equal to 1"),
+    ("tokenize.min_freq", 0, "greater than or equal to 1"),
+    ("tokenize.max_vocab", 2, "greater than or equal to 3"),
+    ("tokenize.max_vocab", 2**31, "less than or equal to 2147483647"),
+    ("tokenize.workers", 0, "greater than or equal to 1"),
+    ("tokenize.batch_size", 0, "greater than or equal to 1"),
+    ("model.arch", "rnn", "Input should be 'bag'"),
+    ("model.embed_dim", 0, "greater than or equal to 1"),
+    ("model.dropout", 1.0, "less than 1"),
+    ("model.dropout", -0.1, "greater than or equal to 0"),
+    ("model.bag.ngram", 0, "greater than or equal to 1"),
+    ("model.bag.ngram", 5, "less than or equal to 4"),
+    ("model.bag.buckets", 0, "greater than or equal to 1"),
+    ("model.bag.buckets", 2**31, "less than or equal to 2147483647"),
+    ("model.cnn.filters", 0, "greater than or equal to 1"),
+    ("model.cnn.widths", [], "at least 1 item"),
+    ("model.cnn.widths", [3, 4, 3], "width 3 more than once"),
+    ("model.cnn.widths.1", 0, "greater than 0"),
+    ("model.lstm.hidden", 0, "greater than or equal to 1"),
+    ("model.lstm.layers", 0, "greater than or equal to 1"),
+    ("model.transformer.layers", 0, "greater than or equal to 1"),
+    ("model.transformer.heads", 0, "greater than or equal to 1"),
+    ("model.transformer.ff_dim", 0, "greater than or equal to 1"),
+    ("model.transformer.max_positions", 0, "greater than or equal to 1"),
+    ("train.seed", -1, "greater than or equal to 0"),
+    ("train.device", "gpu", "must be auto, cpu, cuda"),
+    ("train.device", "cuda:123456789", "must be auto, cpu, cuda"),
+    ("train.precision", "fp16", "Input should be 'auto'"),
+    ("train.batch_size", 0, "greater than or equal to 1"),
+    ("train.accumulate", 0, "greater than or equal to 1"),
+    ("train.max_epochs", 0, "greater than or equal to 1"),
+    ("train.lr", 0.0, "greater than 0"),
+    ("train.lr", float("inf"), "finite number"),
+    ("train.weight_decay", -0.01, "greater than or equal to 0"),
+    ("train.weight_decay", float("nan"), "finite number"),
+    ("train.warmup", 1.0, "less than 1"),
+    ("train.warmup", -0.1, "greater than or equal to 0"),
+    ("train.schedule", "step", "Input should be 'cosine'"),
+    ("train.clip_norm", 0.0, "greater than 0"),
+    ("train.label_smoothing", 1.0, "less than 1"),
+    ("train.eval_every", 0, "greater than or equal to 1"),
+    ("train.monitor", "f1", "Input should be 'loss'"),
+    ("train.mode", "maximize", "Input should be 'auto'"),
+    ("train.patience", -1, "greater than or equal to 0"),
+    ("train.min_delta", -0.001, "greater than or equal to 0"),
+    ("train.workers", -1, "greater than or equal to 0"),
+    ("train.threads", 0, "greater than or equal to 1"),
+    ("evaluate.device", "tpu", "must be auto, cpu, cuda"),
+    ("evaluate.batch_size", 0, "greater than or equal to 1"),
+    ("evaluate.errors", -1, "greater than or equal to 0"),
+    ("evaluate.error_chars", 19, "greater than or equal to 20"),
+    ("export.opset", 16, "greater than or equal to 17"),
+    ("export.opset", 25, "less than or equal to 24"),
+    ("export.int8_min_weights", -1, "greater than or equal to 0"),
+    ("export.threads", 0, "greater than or equal to 1"),
+    ("export.batch_size", 0, "greater than or equal to 1"),
+    ("export.latency_runs", 9, "greater than or equal to 10"),
+    ("export.latency_warmup", -1, "greater than or equal to 0"),
+    ("export.throughput_batches", 0, "greater than or equal to 1"),
+    ("export.seed", -1, "greater than or equal to 0"),
+    ("baseline.analyzer", "chars", "Input should be 'auto', 'word' or 'char'"),
+    ("baseline.min_df", 0, "greater than or equal to 1"),
+    ("baseline.C", 0, "greater than 0"),
+    ("baseline.C", -1.0, "greater than 0"),
+    ("baseline.max_iter", 0, "greater than or equal to 1"),
+    ("report.examples", -1, "greater than or equal to 0"),
+]
+# Keys whose only invalid values are of the wrong type.
+NO_INVALID_VALUE = {"tokenize.lowercase", "tokenize.strip_html", "model.bag.sparse", "train.compile", "train.tensorboard", "baseline.enabled"}
+TRANSFORMER = {"model.arch": "transformer"}
+RULE = [
+    ("model.transformer.heads", 3, "must divide model.embed_dim (32) evenly", TRANSFORMER),
+    ("model.transformer.heads", 4, "must divide model.embed_dim (30) evenly", {**TRANSFORMER, "model.embed_dim": 30}),
+    ("model.transformer.max_positions", 999, "is below tokenize.max_tokens (1000)", TRANSFORMER),
+    ("model.transformer.max_positions", 64, "is below tokenize.max_tokens (100)", {**TRANSFORMER, "tokenize.max_tokens": 100}),
+    ("model.cnn.widths", [3, 60], "width above tokenize.max_tokens (50)", {"model.arch": "cnn", "tokenize.max_tokens": 50}),
+    ("download.splits.test", "train", "must differ from download.splits.train", {}),
+    ("download.splits.validation", "train", "must differ from download.splits.train and .test", {}),
+    ("download.splits.validation", "test", "must differ from download.splits.train and .test", {}),
+    ("download.sha256", "ab" * 32, "not hf: datasets", {}),  # the default source is hf:
+    ("download.hf_config", "default", "applies to hf: sources only", {"download.source": "data/reviews.csv"}),
+    ("download.label_column", "title", "is also in download.text_columns", {"download.text_columns": ["title", "body"]}),
+    ("download.column_names", ["text", "stars"], "has no 'label'", {}),
+    ("download.column_names", ["body", "text", "label"], "has no 'title'", {"download.text_columns": ["title", "text"]}),
+]
+
+
+def nested(flat: dict[str, Any]) -> dict:
+    """{"a.b.c": 1} -> {"a": {"b": {"c": 1}}}; a numeric part indexes a list or dict already set."""
+    data: dict = {}
+    for path, value in flat.items():
+        *parents, leaf = path.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.setdefault(part, {})
+        if isinstance(node, list):
+            node[int(leaf)] = value
+        else:
+            node[leaf] = value
+    return data
+
+
+def with_item(path: str, value: Any) -> dict[str, Any]:
+    """A row for `download.text_columns.0` sets the whole list (or dict) with one bad item."""
+    parent, _, index = path.rpartition(".")
+    if not index.isdigit():
+        return {path: value}
+    valid = {"download.text_columns": ["text"], "download.column_names": ["text", "label"],
+             "download.label_names": {1: "World", 2: "Sports"}, "model.cnn.widths": [3, 4]}[parent]
+    if isinstance(valid, dict):
+        return {parent: {**valid, int(index): value}}
+    return {parent: [*valid[: int(index)], value, *valid[int(index) + 1 :]]}
+
+
+def leaf_of(key: str) -> str:
+    """download.text_columns.0 -> download.text_columns"""
+    return re.sub(r"\.\d+$", "", key)
+
+
+def leaf_keys(model: type[BaseModel] = Params, prefix: str = "") -> set[str]:
+    keys = set()
+    for name, field in model.model_fields.items():
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            keys |= leaf_keys(kind, f"{prefix}{name}.")
+        else:
+            keys.add(f"{prefix}{name}")
+    return keys
+
+
+def assert_names_key(data: dict, key: str, fragment: str) -> str:
+    with pytest.raises(PipelineError) as info:
+        parse_params(data)
+    message = str(info.value)
+    assert "\n" not in message
+    assert f" {key}: " in message, (key, message)
+    assert fragment in message, (fragment, message)
+    return message
+
+
+@pytest.mark.parametrize(("key", "value", "fragment"), TYPE + VALUE, ids=lambda x: x if isinstance(x, str) and "." in x else "")
+def test_every_bad_value_names_its_key(key, value, fragment):
+    assert_names_key(nested(with_item(key, value)), key, fragment)
+
+
+@pytest.mark.parametrize(("key", "value", "fragment", "also"), RULE, ids=lambda x: x if isinstance(x, str) and "." in x else "")
+def test_every_rule_between_keys_names_the_key_to_change(key, value, fragment, also):
+    assert_names_key(nested({**also, key: value}), key, fragment)
+    if also:  # the rule is what fails: the value alone is valid
+        parse_params(nested({key: value}))
+
+
+def test_the_table_covers_every_key():
+    leaves = leaf_keys()
+    assert len(leaves) > 60
+    typed = {key for key, _, _ in TYPE}
+    valued = {leaf_of(key) for key, _, _ in VALUE}
+    assert leaves - typed == set(), "add a TYPE row for each new key"
+    assert leaves - valued - NO_INVALID_VALUE == set(), "add a VALUE row for each new key (or list it in NO_INVALID_VALUE)"
+    assert {leaf_of(key) for key, *_ in TYPE + VALUE + RULE} <= leaves  # no row for a key that is gone
+
+
+@pytest.mark.parametrize(
+    "flat",
+    [
+        # Rules for one architecture bind only when model.arch picks it.
+        {"model.arch": "bag", "model.transformer.heads": 3, "model.transformer.max_positions": 8, "model.cnn.widths": [5000]},
+        {"model.arch": "transformer", "model.embed_dim": 30, "model.transformer.heads": 3, "tokenize.max_tokens": 1024},
+        {"model.arch": "cnn", "model.cnn.widths": [2, 50], "tokenize.max_tokens": 50},
+        # Allowed on purpose.
+        {"train.monitor": "loss", "train.mode": "max"},
+        {"train.device": "cpu", "train.precision": "bf16"},
+        {"download.validation_fraction": 0.5, "download.test_fraction": 0.5},  # validation comes from what test leaves
+        {"download.source": "hf:some/dataset", "download.hf_config": "plain_text", "download.splits": {"validation": "dev"}},
+        {"download.source": "reviews.csv", "download.sha256": "AB" * 32, "download.column_names": ["id", "label", "text"]},
+        {"download.label_names": {0: "neg", 1: "pos", 2: "pos"}},  # merging raw labels into one class
+    ],
+)
+def test_valid_combinations_pass(flat):
+    parse_params(nested(flat))
+
+
+def test_a_huge_bad_value_gives_a_short_message():
+    huge = "x" * 100_000_000
+    message = assert_names_key({"tokenize": {"min_freq": huge}}, "tokenize.min_freq", "valid integer")
+    assert len(message) < 300
+    message = assert_names_key({"download": {"text_columns": [huge, huge]}}, "download.text_columns", "more than once")
+    assert len(message) < 500
+    many = {f"unknown_{i}_{huge[:1000]}": 1 for i in range(20)}
+    message = str(pytest.raises(PipelineError, parse_params, many).value)
+    assert len(message) < 1000 and message.count("unknown key") == 5 and "and 15 more" in message
+
+
+def test_cli_reports_a_huge_bad_value_in_a_short_line(tmp_path):
+    (tmp_path / "params.yaml").write_text("tokenize:\n  min_freq: '" + "z" * 2_000_000 + "'\n")
+    result = run_cli("tokenize", cwd=tmp_path)
+    assert_user_error(result, "tokenize.min_freq: Input should be a valid integer (got 'zzz", "zzz...zzz")
+    assert len(result.stderr) < 300
+
+
+def test_cli_cuts_a_long_error_line(tmp_path):
+    deep = "folder/" * 300 + "params.yaml"  # a long path in a message that is not about params
+    result = run_cli("train", "--params", deep, cwd=tmp_path)
+    assert_user_error(result, "error: folder/folder/", "…")
+    assert len(result.stderr.strip()) == len("error: ") + 1000
+
+
+@pytest.mark.parametrize(
+    ("command", "sections", "fragments"),
+    [
+        ("train", {"model": {"arch": "transformer", "transformer": {"heads": 3}}}, ["model.transformer.heads", "must divide model.embed_dim"]),
+        ("tokenize", {"tokenize": {"max_tokens": 2000}, "model": {"arch": "transformer"}}, ["model.transformer.max_positions", "tokenize.max_tokens (2000)"]),
+        ("download", {"download": {"source": "x.csv", "text_columns": ["text", "label"]}}, ["download.label_column", "is also in download.text_columns"]),
+        ("export", {"export": {"opset": 12}}, ["export.opset", "greater than or equal to 17"]),
+    ],
+)
+def test_cli_reports_broken_rules_in_one_line(tmp_path, command, sections, fragments):
+    write_params(tmp_path, **sections)
+    assert_user_error(run_cli(command, cwd=tmp_path), *fragments)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from pathlib import Path
 
@@ -136,11 +137,34 @@ def test_missing_raw_data_is_a_clear_error(tmp_path):
     assert not (tmp_path / "data" / "processed").exists()
 
 
-def test_unknown_language(tmp_path, raw):
-    write_params(tmp_path, tokenize={"language": "xx-nope"})
+@pytest.mark.parametrize("language", ["xx-nope", "klingon"])
+def test_unknown_language(tmp_path, raw, language):
+    write_params(tmp_path, tokenize={"language": language})
     result = run_cli("tokenize", "--raw", str(raw), cwd=tmp_path)
-    assert_user_error(result, "tokenize.language", "xx-nope")
+    assert_user_error(result, "tokenize.language", f"spaCy has no language {language!r}")
     assert not (tmp_path / "data" / "processed").exists()
+
+
+def test_a_language_whose_package_is_missing_names_the_install_command(tmp_path, raw):
+    if importlib.util.find_spec("sudachipy") is not None:
+        pytest.skip("SudachiPy is installed here, so Japanese works")
+    write_params(tmp_path, tokenize={"language": "ja"})
+    result = run_cli("tokenize", "--raw", str(raw), cwd=tmp_path)
+    assert_user_error(result, "tokenize.language", "'ja'", "needs the module 'sudachipy'", "pip install sudachipy sudachidict_core")
+    assert "no language" not in result.stderr
+    assert not (tmp_path / "data" / "processed").exists()
+
+
+def test_an_empty_vocabulary_is_an_error_and_writes_nothing(tmp_path):
+    write_csv(tmp_path / "source" / "train.csv", labelled_rows(40))
+    write_csv(tmp_path / "source" / "test.csv", labelled_rows(10, offset=500))
+    write_params(tmp_path, download={"source": str(tmp_path / "source")}, tokenize={"workers": 1, "min_freq": 1_000})
+    assert run_cli("download", cwd=tmp_path).returncode == 0
+    result = run_cli("tokenize", cwd=tmp_path)
+    assert_user_error(result, "tokenize.min_freq", "no train token occurs 1,000 times or more", "(the most frequent, 'number', occurs 36)", "lower tokenize.min_freq")
+    assert not (tmp_path / "data" / "processed").exists()
+    assert not (tmp_path / "reports" / "tokenize.json").exists()
+    assert [p.name for p in (tmp_path / "data").iterdir()] == ["raw"]  # no staging folder left behind
 
 
 def test_raw_split_without_text_column(tmp_path, raw):

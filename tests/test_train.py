@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, assert_user_error, labelled_rows, run_cli, write_csv, write_params
+from conftest import TINY_MODEL, TINY_TOKENIZE, assert_user_error, labelled_rows, run_cli, write_csv, write_params
 
 from pipeline.batching import TokenizedSplit
 from pipeline.download import run_download
@@ -27,14 +27,14 @@ def processed(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     write_csv(root / "source" / "train.csv", labelled_rows(480))
     write_csv(root / "source" / "test.csv", labelled_rows(120, offset=5000))
-    params = parse_params({"download": {"source": str(root / "source")}, "tokenize": {"workers": 1, "min_freq": 1}})
+    params = parse_params({"download": {"source": str(root / "source")}, "tokenize": {**TINY_TOKENIZE, "workers": 1, "min_freq": 1}})
     run_download(params.download, root / "raw", root / "data.json")
     run_tokenize(params.tokenize, root / "raw", root / "processed", root / "tokenize.json", progress=False)
     return root / "processed"
 
 
 def make_params(arch: str = "bag", **train) -> Params:
-    return parse_params({"model": {**TINY_MODEL, "arch": arch}, "train": {"max_epochs": 4, "lr": 0.05, "threads": 1, "monitor": "accuracy", **train}})
+    return parse_params({"tokenize": TINY_TOKENIZE, "model": {**TINY_MODEL, "arch": arch}, "train": {"max_epochs": 4, "lr": 0.05, "threads": 1, "monitor": "accuracy", **train}})
 
 
 def train_once(params: Params, processed: Path, out: Path, **kwargs) -> dict:
