@@ -23,7 +23,7 @@ from pipeline.params import Params
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["download", "evaluate", "export", "report", "tokenize", "train"]
+STAGES = ["baseline", "download", "evaluate", "export", "report", "tokenize", "train"]
 
 
 def dvc_env() -> dict[str, str]:
@@ -104,8 +104,15 @@ def test_repro_experiments_and_diffs(project):
     assert shown["params"]["train"]["lr"] == 0.002
     assert 0 <= shown["metrics"]["reports/metrics.json"]["accuracy"] <= 1
     assert "onnx_int8_accuracy" in shown["metrics"]["reports/export.json"]
-    diff = sh("dvc", "metrics", "diff", "HEAD", cwd=project)
+    assert 0 <= shown["metrics"]["reports/baseline.json"]["accuracy"] <= 1  # the baseline beside the model
+    assert "latency_ms_batch1_onnx_int8" not in shown["metrics"]["reports/export.json"]  # timings are not metrics
+    diff = sh("dvc", "metrics", "diff", "HEAD", "--all", cwd=project)
     assert "reports/metrics.json" in diff and "loss" in diff
+    assert "latency" not in diff and "seconds" not in diff  # quality only: timings live in reports/runtime
+    shown = sh("dvc", "metrics", "show", cwd=project)
+    assert "reports/baseline.json" in shown and "reports/metrics.json" in shown  # the baseline beside the model
+    timings = sh("dvc", "metrics", "show", "reports/runtime/train.json", cwd=project)  # as the README says
+    assert "samples_per_second" in timings
 
     # an export param reruns export (and the report that shows it) only
     assert ran(sh("dvc", "exp", "run", "-S", "export.latency_runs=12", cwd=project)) == ["export", "report"]

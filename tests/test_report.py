@@ -52,11 +52,40 @@ def test_report_is_byte_stable(project, report, tmp_path):
 def test_user_text_cannot_inject_html(project, tmp_path):
     reports = tmp_path / "reports"
     shutil.copytree(project / "reports", reports)
-    (reports / "errors.csv").write_text('text,actual,predicted,confidence\n"<script>alert(1)</script><b>x",neg,pos,0.9\n')
+    # short tags are removed as the tokenizer removed them; what is left is escaped, never markup
+    long_tag = '<script src="https://example.org/a-very-long-name-to-load.js">'
+    (reports / "errors.csv").write_text(
+        f'text,actual,predicted,confidence\n"<script>alert(1)</script><b>x</b> & {long_tag.replace(chr(34), chr(34) * 2)} <3",neg,pos,0.9\n'
+    )
     result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "r.html").read_text()
-    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;&lt;b&gt;x" in page
+    assert "<script" not in page and "<b>" not in page
+    assert f'<td class="text">alert(1) x &amp; {html.escape(long_tag)} &lt;3</td>' in page
+
+
+def test_mistakes_without_html_tags_and_cjk_class_names(project, tmp_path):
+    """IMDB's <br /> is not shown; Chinese class names stay text, with CJK fonts to draw them."""
+    reports = tmp_path / "reports"
+    shutil.copytree(project / "reports", reports)
+    names = {"neg": "负面", "pos": "正面"}
+    for path in reports.rglob("*"):
+        if path.suffix in (".json", ".csv"):
+            text = path.read_text(encoding="utf-8")
+            for old, new in names.items():
+                text = re.sub(rf"(?<![A-Za-z]){old}(?![A-Za-z])", new, text)
+            path.write_text(text, encoding="utf-8")
+    errors = reports / "errors.csv"
+    errors.write_text('text,actual,predicted,confidence\n"Loved it.<br /><br />Would watch again.",正面,负面,0.9\n', encoding="utf-8")
+    result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
+    assert result.returncode == 0, result.stderr
+    assert "Glyph" not in result.stderr  # no warnings about fonts
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert '<td class="text">Loved it. Would watch again.</td>' in page and "&lt;br" not in page
+    confusion = page[page.index('<figure id="figure-confusion">') :]
+    confusion = confusion[: confusion.index("</figure>")]
+    assert re.search(r"<text[^>]*>正面</text>", confusion) and re.search(r"<text[^>]*>负面</text>", confusion)
+    assert "Noto Sans CJK SC" in confusion  # the browser looks for a font with the glyphs
 
 
 def test_missing_reports_are_named(project, tmp_path):
