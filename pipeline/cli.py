@@ -34,6 +34,8 @@ def reported_errors() -> Iterator[None]:
         yield
     except PipelineError as exc:
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
+        if len(message) > 1000:  # a message quoting huge user data must not flood the terminal
+            message = message[:999] + "…"
         typer.echo(f"error: {message}", err=True)
         raise typer.Exit(1) from None
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, clip, listed
 from pipeline.paths import PARAMS
 
 def _known_device(value: str) -> str:
@@ -42,6 +42,7 @@ class SplitNames(Section):
 class DownloadParams(Section):
     source: str = "hf:fancyzhx/ag_news"  # hf:<id>, http(s) URL, or a local file, folder or archive
     hf_config: str | None = None  # Hugging Face dataset config name
+    revision: str | None = None  # hf: Hub datasets: the branch, tag or commit to read (a commit pins it)
     splits: SplitNames = SplitNames()
     sha256: str | None = None  # checksum of the downloaded (or local) file, verified before use
     encoding: str = "utf-8"  # encoding of text files (CSV, TSV, JSON Lines, .txt)
@@ -49,6 +50,7 @@ class DownloadParams(Section):
     label_column: str = "label"
     column_names: list[str] | None = None  # for headerless CSV/TSV: the names of its columns
     label_names: dict[str | int, str] | None = None  # raw label -> class name, e.g. {1: World}
+    dedup: bool = True  # drop repeated texts (case, HTML tags, spacing ignored) within and across splits
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # of train, when the source has no validation split
     test_fraction: float = Field(default=0.2, gt=0, lt=1)  # of all rows, for single-file sources
     max_rows: int | None = Field(default=None, ge=2)  # per split, stratified sample, for quick runs
@@ -60,6 +62,14 @@ class DownloadParams(Section):
         if value is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", value):
             raise ValueError("must be 64 hexadecimal characters (a SHA-256 digest)")
         return value.lower() if value else value
+
+    @field_validator("column_names")
+    @classmethod
+    def _unique_names(cls, value: list[str] | None) -> list[str] | None:
+        repeated = sorted({name for name in value or [] if (value or []).count(name) > 1})
+        if repeated:
+            raise ValueError(f"has {listed(repeated, quote=True)} more than once; every column needs its own name")
+        return value
 
     @field_validator("encoding")
     @classmethod
@@ -184,7 +194,7 @@ def describe_error(error: dict[str, Any]) -> str:
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    return f"{key}: {message} (got {error['input']!r})"
+    return f"{key}: {message} (got {clip(repr(error['input']), 200)})"  # the value may be huge: quote a bit
 
 
 def parse_params(data: Any, origin: str = "params.yaml") -> Params:
