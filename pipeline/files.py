@@ -104,7 +104,8 @@ def link_or_copy(source: Path, target: Path) -> None:
     """Put `source`'s content at `target` atomically: a hard link where the file system allows
     (no bytes copied; a later atomic rewrite of `source` leaves `target` as it was), else a copy."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    remove_stale(target.parent, target.name)
+    tmp = target.with_name(f"{_temp_prefix(target.name)}link.tmp")
     tmp.unlink(missing_ok=True)
     try:
         os.link(source, tmp)

@@ -61,7 +61,8 @@ def read_table(
         try:
             return pd.read_parquet(path)
         except (pyarrow.ArrowException, OSError) as exc:
-            raise PipelineError(f"{name}: not a readable Parquet file ({clip(str(exc), 300)})") from None
+            why = str(exc).replace(str(path), name)  # pyarrow quotes the path it read, maybe a temporary one
+            raise PipelineError(f"{name}: not a readable Parquet file ({clip(why, 300)})") from None
     text = decode(path, encoding, name_of)
     if fmt == "jsonl":
         return _read_jsonl(name, text)
@@ -76,7 +77,8 @@ def read_table(
         if column_names is None:
             # pandas renames a repeated header name to 'text.1' without a word: read the header as data first
             header = pd.read_csv(io.StringIO(text), header=None, nrows=1, **csv_options)
-            repeated = [c for c, count in Counter(header.iloc[0].tolist()).items() if count > 1 and c != ""]  # blank: 'Unnamed: n'
+            header_names = Counter(header.iloc[0].tolist())
+            repeated = [column for column, count in header_names.items() if count > 1 and column != ""]  # blank ones become 'Unnamed: n'
             if repeated:
                 raise PipelineError(
                     f"{name}: the header names column {listed(repeated, quote=True)} more than once; "

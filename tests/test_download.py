@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -456,6 +458,17 @@ def test_error_lines_stay_short_when_the_data_is_huge(tmp_path):
     assert len(result.stderr) < 1100
 
 
+def test_any_error_line_is_capped(capsys):
+    import typer
+
+    from pipeline.cli import reported_errors
+
+    with pytest.raises(typer.Exit), reported_errors():
+        raise PipelineError("x" * 5000)
+    line = capsys.readouterr().err.strip()
+    assert len(line) == len("error: ") + 1000 and line.endswith("x…")
+
+
 def test_revision_is_only_for_hub_datasets(tmp_path):
     path = write_csv(tmp_path / "reviews.csv", labelled_rows(20))
     fails(tmp_path, "download.revision applies to hf: datasets only", source=str(path), revision="main")
@@ -544,7 +557,79 @@ def test_ag_news_headerless_csv_reads_as_four_named_classes(tmp_path):
 def test_imdb_archive(tmp_path):
     source = needs_shared("imdb", "aclImdb.tar.gz")
     report, frames = download(tmp_path, source=str(source))
-    assert report["test"]["rows"] == 25_000
-    assert report["train"]["rows"] + report["validation"]["rows"] == 25_000
+    assert report["source_sha256"] == "38aa739c37a8b04652f1dfc17cb0f63864e2b65140b6d0629012d4be8085b624"  # SOURCE.md
+    # 25,000 reviews per split as distributed; some repeat, within a split and between train and test
+    duplicates = report["duplicates"]
+    assert (duplicates["train_within"], duplicates["test_within"], duplicates["train_in_test"]) == (98, 201, 123)
+    assert report["test"]["rows"] == 25_000 - 201
+    assert report["train"]["rows"] + report["validation"]["rows"] == 25_000 - 98 - 123
     assert report["classes"] == ["neg", "pos"]
-    assert report["test"]["classes"] == {"neg": 12_500, "pos": 12_500}
+    assert report["train_duplicates"] == report["train_test_overlap"] == 0
+
+
+# --- no leftovers: temporary folders of killed runs are swept by the next run ----------------
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped): what a killed run leaves in a name."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_download_sweeps_temporary_folders_of_killed_runs_only(tmp_path):
+    path = write_csv(tmp_path / "reviews.csv", labelled_rows(50))
+    data = tmp_path / "data"
+    dead = dead_pid()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = [data / f".raw.download.{dead}.k1l2_3x.tmp", data / f".raw.{dead}.ab_cd12.tmp", data / f".raw.{dead}.zz9.old"]
+        kept = [data / f".raw.download.{live.pid}.k1l2_3x.tmp", data / f".raw.{live.pid}.ab_cd12.tmp"]
+        for folder in stale + kept:
+            (folder / "aclImdb").mkdir(parents=True)
+            (folder / "aclImdb" / "half.txt").write_text("half-written")
+        unrelated = data / ".raw.notes"
+        unrelated.write_text("not ours")
+        write_params(tmp_path, download={"source": str(path)})
+        result = run_cli("download", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in data.iterdir()) == sorted([".raw.notes", "raw", *(p.name for p in kept)])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_staged_dir_and_atomic_file_sweep_their_own_stale_siblings(tmp_path):
+    from pipeline.files import atomic_file, staged_dir
+
+    dead = dead_pid()
+    (tmp_path / f".model.{dead}.q8w7e6r5.tmp").mkdir()
+    (tmp_path / f".model.{dead}.q8w7e6r5.tmp" / "weights.bin").write_bytes(b"\0" * 10)
+    (tmp_path / f".model.{os.getpid()}.q8w7e6r5.tmp").mkdir()  # this very process: alive
+    (tmp_path / f".other.{dead}.q8w7e6r5.tmp").mkdir()  # another output's: not ours to judge
+    (tmp_path / f".report.json.{dead}.abc123.tmp").write_text("{")
+    with staged_dir(tmp_path / "model") as staging:
+        (staging / "weights.bin").write_bytes(b"1")
+    with atomic_file(tmp_path / "report.json") as handle:
+        handle.write("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model", "report.json", f".model.{os.getpid()}.q8w7e6r5.tmp", f".other.{dead}.q8w7e6r5.tmp"]
+    )
+    (tmp_path / f".model.{os.getpid()}.q8w7e6r5.tmp").rmdir()
+
+
+def test_download_works_beside_the_output_not_in_the_system_temp_folder(tmp_path):
+    """An archive is fetched and extracted next to --out: nothing is created in TMPDIR
+    (creating and removing an entry would change the folder's modification time)."""
+    write_tree(tmp_path / "src" / "reviews", {"train": 30, "test": 20})
+    archive = tmp_path / "reviews.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "reviews", arcname="reviews")
+    write_params(tmp_path, download={"source": str(archive)})
+    system_temp = tmp_path / "system_temp"
+    system_temp.mkdir()
+    os.utime(system_temp, ns=(10**18, 10**18))
+    result = run_cli("download", cwd=tmp_path, env={"TMPDIR": str(system_temp)})
+    assert result.returncode == 0, result.stderr
+    assert system_temp.stat().st_mtime_ns == 10**18
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
