@@ -231,7 +231,7 @@ def check_text_values(column: pd.Series, name: str, where: str) -> None:
         kind = "list" if isinstance(value, (list, tuple, np.ndarray)) else type(value).__name__
         raise PipelineError(
             f"{where}: text column {clip(repr(name))} holds {kind} values, not text ({int(wrong.sum())} rows, "
-            f"first: row {first + 1}, {clip(repr(value))}); pick the right download.text_columns or store the text as strings"
+            f"first at row {first + 1}: {clip(repr(value))}); pick the right download.text_columns or store the text as strings"
         )
 
 
