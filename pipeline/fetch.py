@@ -13,6 +13,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 from pipeline import __version__
 from pipeline.errors import PipelineError, first_line
@@ -38,6 +39,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def folder_sha256(folder: Path, suffixes: tuple[str, ...] | None) -> str:
+    """One SHA-256 for a folder's content: over each file's relative path and SHA-256, in path order.
+    Covers the files whose names end in `suffixes` (all if None); hidden files and folders are left out."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*"), key=lambda p: p.relative_to(folder).as_posix()):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if suffixes is None or path.name.lower().endswith(suffixes):
+            digest.update(f"{relative.as_posix()}\0{sha256_of(path)}\n".encode())
+    return digest.hexdigest()
+
+
 def check_sha256(actual: str, expected: str | None, what: str) -> None:
     if expected is not None and actual != expected:
         raise PipelineError(
@@ -46,7 +60,13 @@ def check_sha256(actual: str, expected: str | None, what: str) -> None:
         )
 
 
-def download_url(url: str, dest_dir: Path, sha256: str | None = None, timeout: float = 60.0) -> Path:
+class Downloaded(NamedTuple):
+    path: Path
+    sha256: str  # of the bytes received
+    length_known: bool  # the server sent Content-Length, so a cut transfer was detectable
+
+
+def download_url(url: str, dest_dir: Path, sha256: str | None = None, timeout: float = 60.0) -> Downloaded:
     """Stream `url` into `dest_dir`, verifying length and checksum before the final rename."""
     name = Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name or "download"
     target = dest_dir / name
@@ -79,7 +99,7 @@ def download_url(url: str, dest_dir: Path, sha256: str | None = None, timeout: f
         partial.unlink(missing_ok=True)
         raise
     partial.rename(target)
-    return target
+    return Downloaded(target, digest.hexdigest(), expected_length is not None)
 
 
 def _inside(dest: Path, name: str) -> bool:

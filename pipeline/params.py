@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import PipelineError, clip, first_line
 from pipeline.paths import PARAMS
 
 INT32_MAX = 2**31 - 1  # token ids are int32; n-gram hashes are below the Mersenne prime 2^31 - 1
@@ -90,6 +90,7 @@ class SplitNames(Section):
 class DownloadParams(Section):
     source: Name = "hf:fancyzhx/ag_news"  # hf:<id>, http(s) URL, or a local file, folder or archive
     hf_config: Name | None = None  # Hugging Face dataset config name (hf: sources only)
+    revision: Name | None = None  # hf: Hub datasets: the branch, tag or commit to read (a commit pins it)
     splits: SplitNames = SplitNames()
     sha256: str | None = None  # checksum of the downloaded (or local) file, verified before use (not for hf:)
     encoding: str = "utf-8"  # encoding of text files (CSV, TSV, JSON Lines, .txt)
@@ -97,6 +98,7 @@ class DownloadParams(Section):
     label_column: Name = "label"
     column_names: list[Name] | None = None  # for headerless CSV/TSV: the names of its columns
     label_names: dict[str | int, Name] | None = None  # raw label -> class name, e.g. {1: World}
+    dedup: bool = True  # drop repeated texts (case, HTML tags, spacing ignored) within and across splits
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # of train, when the source has no validation split
     test_fraction: float = Field(default=0.2, gt=0, lt=1)  # of all rows, for single-file sources
     max_rows: int | None = Field(default=None, ge=2)  # per split, stratified sample, for quick runs
@@ -140,6 +142,8 @@ class DownloadParams(Section):
             raise KeyRuleError("sha256", "applies to URL and local-file sources, not hf: datasets; remove it", self.sha256)
         if not hf and self.hf_config is not None:
             raise KeyRuleError("hf_config", "applies to hf: sources only; remove it or set download.source to hf:<id>", self.hf_config)
+        if not hf and self.revision is not None:
+            raise KeyRuleError("revision", "applies to hf: sources only; pin a file or URL with download.sha256 instead", self.revision)
         if repeated := _duplicates(self.text_columns):
             raise KeyRuleError("text_columns", f"lists {repeated} more than once; list each column once", self.text_columns)
         if self.label_column in self.text_columns:
@@ -308,10 +312,6 @@ SHOWN_CHARS = 80  # of an offending value or key in an error message
 SHOWN_PROBLEMS = 5  # problems listed in one error message
 
 
-def clipped(text: str, limit: int = SHOWN_CHARS) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 def short_repr(value: Any, limit: int = SHOWN_CHARS) -> str:
     """repr of a value, cut to `limit` characters without building the repr of a huge value."""
     shortener = reprlib.Repr()
@@ -321,12 +321,12 @@ def short_repr(value: Any, limit: int = SHOWN_CHARS) -> str:
         text = shortener.repr(value)
     except ValueError:  # an int too long to print (Python's 4300-digit limit)
         text = f"<{type(value).__name__} too long to show>"
-    return clipped(text, limit)
+    return clip(text, limit)
 
 
 def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error as 'key.path: what is wrong (got value)', on one line, of bounded length."""
-    parts = [clipped(str(part)) for part in error["loc"] if part != "[key]"]
+    parts = [clip(str(part)) for part in error["loc"] if part != "[key]"]
     got = error["input"]
     rule = error.get("ctx", {}).get("error")
     if isinstance(rule, KeyRuleError):  # a rule between keys: name the key it blames
@@ -338,7 +338,7 @@ def describe_error(error: dict[str, Any]) -> str:
     message = error["msg"]
     if message.startswith("Value error, "):
         message = message[len("Value error, ") :]
-    message = clipped(" ".join(message.split()), 4 * SHOWN_CHARS)
+    message = clip(" ".join(message.split()), 4 * SHOWN_CHARS)
     return f"{key}: {message} (got {short_repr(got)})"
 
 
@@ -370,8 +370,8 @@ def load_params(path: Path = PARAMS) -> Params:
     except YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise PipelineError(f"{path}: not valid YAML{where}: {clipped(str(getattr(exc, 'problem', exc)))}") from None
+        raise PipelineError(f"{path}: not valid YAML{where}: {clip(str(getattr(exc, 'problem', exc)))}") from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise PipelineError(f"{path}: a value cannot be read: {clipped(first_line(exc), 4 * SHOWN_CHARS)}") from None
+        raise PipelineError(f"{path}: a value cannot be read: {clip(first_line(exc), 4 * SHOWN_CHARS)}") from None
     return parse_params(data, origin=str(path))
 

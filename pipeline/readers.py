@@ -2,7 +2,9 @@
 
 Formats: CSV, TSV, JSON Lines, Parquet, and a folder tree <split>/<label>/*.txt.
 Text is decoded by us, not by pandas, so an undecodable byte is reported with
-its file and line.
+its file and line. Messages name files through `name_of`, so that a file
+extracted from an archive is called `archive.tar.gz:member`, never by the
+temporary path it was read from.
 """
 
 from __future__ import annotations
@@ -10,15 +12,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, clip, listed
 from pipeline.params import SplitNames
 
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 VALIDATION_ALIASES = ("validation", "valid", "val", "dev")
+TEXT_TABLES = ("csv", "tsv", "jsonl")  # formats whose rows end in a newline
 SUPPORTED = "CSV (.csv), TSV (.tsv), JSON Lines (.jsonl), Parquet (.parquet), an archive (.tar.gz, .tgz, .zip) or a folder"
 
 
@@ -26,54 +31,71 @@ def table_format(path: Path) -> str | None:
     return TABLE_FORMATS.get(path.suffix.lower())
 
 
-def decode(path: Path, encoding: str) -> str:
+NameOf = Callable[[Path], str]  # a path -> how messages call it
+
+
+def decode(path: Path, encoding: str, name_of: NameOf = str) -> str:
     data = path.read_bytes()
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise PipelineError(
-            f"{path}: line {line} is not valid {encoding} ({exc.reason}); "
+            f"{name_of(path)}: line {line} is not valid {encoding} ({exc.reason}); "
             "set download.encoding to the file's encoding (e.g. latin-1 or cp1252)"
         ) from None
     return text.removeprefix("\ufeff")  # a UTF-8 byte-order mark is not part of the first column's name
 
 
-def read_table(path: Path, encoding: str = "utf-8", column_names: list[str] | None = None) -> pd.DataFrame:
+def read_table(
+    path: Path, encoding: str = "utf-8", column_names: list[str] | None = None, name_of: NameOf = str
+) -> pd.DataFrame:
     """Read one table file; every column comes back as strings except in Parquet."""
+    name = name_of(path)
     fmt = table_format(path)
     if fmt is None:
-        raise PipelineError(f"{path}: unknown format {path.suffix or '(no suffix)'!r}; supported: {SUPPORTED}")
+        raise PipelineError(f"{name}: unknown format {clip(path.suffix) or '(no suffix)'!r}; supported: {SUPPORTED}")
     if fmt == "parquet":
         import pyarrow
 
         try:
             return pd.read_parquet(path)
         except (pyarrow.ArrowException, OSError) as exc:
-            raise PipelineError(f"{path}: not a readable Parquet file ({exc})") from None
-    text = decode(path, encoding)
+            why = str(exc).replace(str(path), name)  # pyarrow quotes the path it read, maybe a temporary one
+            raise PipelineError(f"{name}: not a readable Parquet file ({clip(why, 300)})") from None
+    text = decode(path, encoding, name_of)
     if fmt == "jsonl":
-        return _read_jsonl(path, text)
+        return _read_jsonl(name, text)
+    csv_options = {
+        "sep": "\t" if fmt == "tsv" else ",",
+        "dtype": str,
+        "keep_default_na": False,  # "NA" or "null" in a review is text, not a missing value
+        "index_col": False,
+        "quoting": csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+    }
     try:
+        if column_names is None:
+            # pandas renames a repeated header name to 'text.1' without a word: read the header as data first
+            header = pd.read_csv(io.StringIO(text), header=None, nrows=1, **csv_options)
+            header_names = Counter(header.iloc[0].tolist())
+            repeated = [column for column, count in header_names.items() if count > 1 and column != ""]  # blank ones become 'Unnamed: n'
+            if repeated:
+                raise PipelineError(
+                    f"{name}: the header names column {listed(repeated, quote=True)} more than once; "
+                    "give every column a unique name in the file"
+                )
         frame = pd.read_csv(
-            io.StringIO(text),
-            sep="\t" if fmt == "tsv" else ",",
-            dtype=str,
-            keep_default_na=False,  # "NA" or "null" in a review is text, not a missing value
-            header=None if column_names else "infer",
-            names=column_names,
-            index_col=False,
-            quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+            io.StringIO(text), header=None if column_names else "infer", names=column_names, **csv_options
         )
     except pd.errors.EmptyDataError:
-        raise PipelineError(f"{path}: the file is empty") from None
+        raise PipelineError(f"{name}: the file is empty") from None
     except (pd.errors.ParserError, ValueError) as exc:
         hint = "; check download.column_names" if column_names else ""
-        raise PipelineError(f"{path}: cannot parse as {fmt.upper()}: {str(exc).strip()}{hint}") from None
+        raise PipelineError(f"{name}: cannot parse as {fmt.upper()}: {clip(str(exc).strip(), 300)}{hint}") from None
     return frame
 
 
-def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
+def _read_jsonl(name: str, text: str) -> pd.DataFrame:
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -81,12 +103,12 @@ def _read_jsonl(path: Path, text: str) -> pd.DataFrame:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise PipelineError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
+            raise PipelineError(f"{name}: line {number} is not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
-            raise PipelineError(f"{path}: line {number} is not a JSON object")
+            raise PipelineError(f"{name}: line {number} is not a JSON object")
         records.append(record)
     if not records:
-        raise PipelineError(f"{path}: the file is empty")
+        raise PipelineError(f"{name}: the file is empty")
     return pd.DataFrame.from_records(records)
 
 
@@ -95,17 +117,17 @@ def match_splits(available: list[str], names: SplitNames, where: str) -> dict[st
     found: dict[str, str] = {}
     if names.train not in available:
         raise PipelineError(
-            f"no {names.train!r} split in {where} (found: {', '.join(sorted(available)) or 'nothing'}); "
+            f"no {clip(repr(names.train))} split in {where} (found: {listed(sorted(available)) or 'nothing'}); "
             "set download.splits.train or give a train file/folder"
         )
     found["train"] = names.train
     if names.test in available:
         found["test"] = names.test
     elif names.test != "test":
-        raise PipelineError(f"no {names.test!r} split in {where}; fix download.splits.test")
+        raise PipelineError(f"no {clip(repr(names.test))} split in {where}; fix download.splits.test")
     if names.validation is not None:
         if names.validation not in available:
-            raise PipelineError(f"no {names.validation!r} split in {where}; fix download.splits.validation")
+            raise PipelineError(f"no {clip(repr(names.validation))} split in {where}; fix download.splits.validation")
         found["validation"] = names.validation
     else:
         alias = next((a for a in VALIDATION_ALIASES if a in available), None)
@@ -114,13 +136,13 @@ def match_splits(available: list[str], names: SplitNames, where: str) -> dict[st
     return found
 
 
-def table_files(folder: Path) -> dict[str, Path]:
+def table_files(folder: Path, name_of: NameOf = str) -> dict[str, Path]:
     """Files in `folder` that we can read, by stem: {'train': .../train.csv, ...}."""
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.is_file() and table_format(path) is not None:
             if path.stem in files:
-                raise PipelineError(f"{folder}: both {files[path.stem].name} and {path.name}; keep one")
+                raise PipelineError(f"{name_of(folder)}: both {clip(files[path.stem].name)} and {clip(path.name)}; keep one")
             files[path.stem] = path
     return files
 
@@ -134,7 +156,7 @@ def tree_splits(folder: Path) -> dict[str, Path]:
     }
 
 
-def read_tree(split_dirs: dict[str, Path], encoding: str) -> dict[str, pd.DataFrame]:
+def read_tree(split_dirs: dict[str, Path], encoding: str, name_of: NameOf = str) -> dict[str, pd.DataFrame]:
     """Read <split>/<label>/*.txt; label folders are those present in every split
     (so IMDB's train/unsup, which has no test counterpart, is left out)."""
     label_sets = [
@@ -144,7 +166,7 @@ def read_tree(split_dirs: dict[str, Path], encoding: str) -> dict[str, pd.DataFr
     labels = sorted(set.intersection(*label_sets))
     if not labels:
         raise PipelineError(
-            f"no label folder is present in every split ({', '.join(str(p) for p in split_dirs.values())}); "
+            f"no label folder is present in every split ({listed(name_of(p) for p in split_dirs.values())}); "
             "expected <split>/<label>/*.txt"
         )
     frames = {}
@@ -152,7 +174,7 @@ def read_tree(split_dirs: dict[str, Path], encoding: str) -> dict[str, pd.DataFr
         texts, names = [], []
         for label in labels:
             for path in sorted((folder / label).glob("*.txt")):
-                texts.append(decode(path, encoding))
+                texts.append(decode(path, encoding, name_of))
                 names.append(label)
         frames[split] = pd.DataFrame({"text": texts, "label": names})
     return frames

@@ -29,9 +29,9 @@ def write_params(folder: Path, **sections: dict) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run `python -m pipeline ...` as a user would, in `cwd`."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ...` as a user would, in `cwd` (with `env` added to the environment)."""
+    env = {**os.environ, **(env or {}), "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
     )
@@ -88,12 +88,25 @@ def write_tree(root: Path, splits: dict[str, int], extra_labels: dict[str, str] 
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; /truncated/<file> promises the whole file but sends half of it."""
+    """Serves a folder; /truncated/<file> promises the whole file but sends half of it;
+    /nolength/<file> sends it whole without Content-Length (the body ends when the connection
+    closes, as in HTTP/1.0); /nolength-cut/<file> does the same but stops in the middle of a row."""
 
     def log_message(self, *args: object) -> None:
         pass
 
     def do_GET(self) -> None:
+        for prefix in ("/nolength/", "/nolength-cut/"):
+            if self.path.startswith(prefix):
+                data = (Path(self.directory) / self.path.removeprefix(prefix)).read_bytes()
+                if prefix == "/nolength-cut/":
+                    data = data[: data.index(b"\n", len(data) // 2) - 3]  # a few bytes short of a row's end
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(data)
+                self.wfile.flush()
+                self.close_connection = True
+                return
         if self.path.startswith("/truncated/"):
             data = (Path(self.directory) / self.path.removeprefix("/truncated/")).read_bytes()
             self.send_response(200)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+import subprocess
 import tarfile
 import zipfile
 from pathlib import Path
@@ -118,15 +120,89 @@ def test_max_rows_takes_a_stratified_seeded_sample(tmp_path):
     assert not frames["train"].equals(other["train"])
 
 
-def test_report_counts_duplicates_overlap_and_empty_texts(tmp_path):
+def test_report_counts_duplicates_overlap_and_empty_texts_when_dedup_is_off(tmp_path):
     train = labelled_rows(40) + [("a great film, truly wonderful number 0", "pos"), ("   ", "neg")]
     write_csv(tmp_path / "src" / "train.csv", train)
     write_csv(tmp_path / "src" / "test.csv", labelled_rows(10, offset=100) + [labelled_rows(1)[0]])
-    report, _ = download(tmp_path, source=str(tmp_path / "src"))
+    report, frames = download(tmp_path, source=str(tmp_path / "src"), dedup=False)
     assert report["train"]["empty_dropped"] == 1
     assert report["train_duplicates"] == 1
     assert report["train_test_overlap"] == 1
     assert report["test"]["words"]["max"] == 7
+    assert rows(report)["test"] == 11  # found, not dropped
+    assert report["duplicates"] == {
+        "dropped": False, "train_within": 1, "validation_within": 0, "test_within": 0,
+        "train_in_test": 1, "validation_in_test": 0, "train_in_validation": 0, "conflicting_labels": 0,
+    }  # fmt: skip
+
+
+def test_dedup_judges_normalized_text_within_and_across_splits(tmp_path):
+    unique = labelled_rows(40)
+    train = unique + [
+        ("Great film<br />truly", "pos"), ("great   FILM truly", "pos"),  # repeat within train, once normalized
+        ("seen in test", "neg"), ("seen in validation", "pos"),
+        ("said both ways", "pos"),  # test says neg: a conflicting label
+    ]
+    validation = labelled_rows(8, offset=300) + [("Seen in <i>validation</i>", "pos"), ("SEEN IN TEST", "neg")]
+    test = labelled_rows(10, offset=500) + [("seen in test", "neg"), (" seen  in test ", "neg"), ("Said both ways", "neg")]
+    write_csv(tmp_path / "src" / "train.csv", train)
+    write_csv(tmp_path / "src" / "dev.csv", validation)
+    write_csv(tmp_path / "src" / "test.csv", test)
+    report, frames = download(tmp_path, source=str(tmp_path / "src"))
+    assert report["duplicates"] == {
+        "dropped": True, "train_within": 1, "validation_within": 0, "test_within": 1,
+        "train_in_test": 2, "validation_in_test": 1, "train_in_validation": 1, "conflicting_labels": 1,
+    }  # fmt: skip
+    assert rows(report) == {"train": 41, "validation": 9, "test": 12}
+    assert report["train_duplicates"] == report["train_test_overlap"] == 0
+    assert "Great film<br />truly" in set(frames["train"]["text"])  # the first occurrence stays
+    assert "seen in test" in set(frames["test"]["text"])
+    keys = {split: set(frame["text"].str.lower().str.split().str.join(" ")) for split, frame in frames.items()}
+    assert not keys["train"] & keys["test"] and not keys["validation"] & keys["test"] and not keys["train"] & keys["validation"]
+
+
+def test_single_file_is_deduplicated_before_it_is_split(tmp_path):
+    texts = labelled_rows(100)
+    path = write_csv(tmp_path / "all.csv", texts + [(text.upper(), label) for text, label in texts])
+    report, frames = download(tmp_path, source=str(path))
+    assert sum(rows(report).values()) == 100
+    assert report["duplicates"]["train_within"] == 100
+    assert report["train_duplicates"] == report["train_test_overlap"] == 0
+    everything = pd.concat(frames.values())["text"].str.lower()
+    assert not everything.duplicated().any()  # no duplicate straddles the carved splits
+
+
+def test_dedup_at_imdb_size(tmp_path):
+    from pipeline.download import deduplicate
+
+    words = [f"word{i}" for i in range(500)]
+    # 50,000 reviews of 100 words; the last 5,000 (in test) repeat the first 5,000 (in train)
+    texts = pd.Series([" ".join(words[(k * 7) % 400 : (k * 7) % 400 + 100]) + f" <br />{k}" for k in (i % 45_000 for i in range(50_000))])
+    frames = {"train": pd.DataFrame({"text": texts[:25_000], "label": "pos"}), "test": pd.DataFrame({"text": texts[25_000:].reset_index(drop=True), "label": "neg"})}
+    _, counts = deduplicate(frames, drop=True)  # vectorized: ~1 s here (tests are not timed)
+    assert counts["train_in_test"] == 5_000 and counts["test_within"] == 0
+
+
+def test_provenance_of_local_file_folder_and_url(tmp_path, http_server):
+    path = write_csv(tmp_path / "reviews.csv", labelled_rows(50))
+    report, _ = download(tmp_path / "file", source=str(path))
+    assert report["source_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert report["source_revision"] is None
+
+    write_csv(tmp_path / "src" / "train.csv", labelled_rows(50))
+    write_csv(tmp_path / "src" / "test.csv", labelled_rows(10, offset=100))
+    first, _ = download(tmp_path / "folder1", source=str(tmp_path / "src"))
+    (tmp_path / "src" / ".DS_Store").write_bytes(b"junk")  # hidden files are not data
+    again, _ = download(tmp_path / "folder2", source=str(tmp_path / "src"))
+    assert first["source_sha256"] == again["source_sha256"] and len(first["source_sha256"]) == 64
+    write_csv(tmp_path / "src" / "test.csv", labelled_rows(11, offset=100))
+    changed, _ = download(tmp_path / "folder3", source=str(tmp_path / "src"))
+    assert changed["source_sha256"] != first["source_sha256"]
+
+    base, www = http_server
+    data = write_csv(www / "reviews.csv", labelled_rows(50)).read_bytes()
+    fetched, _ = download(tmp_path / "url", source=f"{base}/reviews.csv")
+    assert fetched["source_sha256"] == hashlib.sha256(data).hexdigest()
 
 
 def test_hf_source_goes_through_datasets(tmp_path):
@@ -137,6 +213,8 @@ def test_hf_source_goes_through_datasets(tmp_path):
     pd.DataFrame(labelled_rows(20, offset=100), columns=["text", "label"]).to_parquet(folder / "test.parquet")
     report, _ = download(tmp_path, source=f"hf:{folder}")
     assert rows(report) == {"train": 54, "validation": 6, "test": 20}
+    # a local folder has no commit: its files' hash records what was read
+    assert report["source_revision"] is None and len(report["source_sha256"]) == 64
 
 
 def test_hf_class_labels_become_names(tmp_path):
@@ -157,6 +235,30 @@ def test_http_download_with_checksum(tmp_path, http_server):
     data = write_csv(www / "reviews.csv", labelled_rows(50)).read_bytes()
     report, _ = download(tmp_path, source=f"{base}/reviews.csv", sha256=hashlib.sha256(data).hexdigest())
     assert sum(rows(report).values()) == 50
+
+
+def test_http_download_without_content_length_warns_with_the_checksum_to_pin(tmp_path, http_server):
+    base, www = http_server
+    data = write_csv(www / "reviews.csv", labelled_rows(50)).read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    write_params(tmp_path, download={"source": f"{base}/nolength/reviews.csv"})
+    result = run_cli("download", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {base}/nolength/reviews.csv sent no Content-Length and download.sha256 is not set: "
+        f"a cut transfer cannot be detected; pin it with download.sha256: {digest}"
+    ]
+    assert result.stdout.startswith("download: ")
+    # pinned, it is quiet
+    write_params(tmp_path, download={"source": f"{base}/nolength/reviews.csv", "sha256": digest})
+    result = run_cli("download", cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_http_download_without_content_length_cut_mid_row(tmp_path, http_server):
+    base, www = http_server
+    write_csv(www / "reviews.csv", labelled_rows(500))
+    fails(tmp_path, "probably cut short", "no Content-Length", "download.sha256: ", source=f"{base}/nolength-cut/reviews.csv")
 
 
 def test_http_archive(tmp_path, http_server):
@@ -298,11 +400,111 @@ def test_label_without_a_name(tmp_path):
 
 def test_undecodable_bytes_name_file_and_line(tmp_path):
     path = tmp_path / "reviews.csv"
-    path.write_bytes(b"text,label\ngood,pos\nbad \xff\xfe byte,neg\n" + b"fine,pos\nmeh,neg\n" * 10)
+    rows = b"".join(b"fine %d,pos\nmeh %d,neg\n" % (i, i) for i in range(10))  # distinct: repeats would be de-duplicated
+    path.write_bytes(b"text,label\ngood,pos\nbad \xff\xfe byte,neg\n" + rows)
     fails(tmp_path, "reviews.csv: line 3", "download.encoding", source=str(path))
     # and the fix works
     write_params(tmp_path, download={"source": str(path), "encoding": "latin-1"})
     assert run_cli("download", cwd=tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("fmt", "value", "kind"), [("jsonl", 5, "int"), ("jsonl", 2.5, "float"), ("jsonl", {"a": 1}, "dict"), ("parquet", ["a", "b"], "list")]
+)
+def test_text_column_holding_numbers_lists_or_dicts(tmp_path, fmt, value, kind):
+    records = [{"text": text, "label": label} for text, label in labelled_rows(20)]
+    records[6]["text"] = value
+    path = tmp_path / f"reviews.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        texts = pa.array([r["text"] if isinstance(r["text"], list) else [r["text"]] for r in records], pa.list_(pa.string()))
+        pq.write_table(pa.table({"text": texts, "label": [r["label"] for r in records]}), path)
+        kind, row = "list", 1  # every row is a list here
+    fails(tmp_path, f"{path}: text column 'text' holds {kind} values", f"row {row if fmt == 'parquet' else 7}", source=str(path))
+
+
+def test_hf_text_column_of_integers(tmp_path):
+    folder = tmp_path / "hub_copy"
+    folder.mkdir()
+    pd.DataFrame({"text": range(30), "label": ["a", "b"] * 15}).to_parquet(folder / "train.parquet")
+    fails(tmp_path, "split 'train': text column 'text' holds int values", "row 1", source=f"hf:{folder}")
+
+
+def test_duplicate_column_names_in_header(tmp_path):
+    path = tmp_path / "reviews.csv"
+    path.write_text("text,label,text\n" + "".join(f"t{i},{'ab'[i % 2]},u{i}\n" for i in range(20)), encoding="utf-8")
+    fails(tmp_path, f"{path}: the header names column 'text' more than once", source=str(path))
+
+
+def test_duplicate_names_in_column_names(tmp_path):
+    path = write_csv(tmp_path / "reviews.csv", labelled_rows(20), header=None)
+    fails(tmp_path, "download.column_names: names 'text' more than once", source=str(path), column_names=["text", "text"])
+
+
+def test_error_lines_stay_short_when_the_data_is_huge(tmp_path):
+    path = tmp_path / "junk.csv"
+    path.write_text(",".join(f"column_{i}_{'x' * 50}" for i in range(40_000)) + "\n" + ",".join("1" * 40_000) + "\n")
+    write_params(tmp_path, download={"source": str(path)})
+    result = run_cli("download", cwd=tmp_path)
+    assert_user_error(result, "no column 'text'", "…and 39990 more")
+    assert len(result.stderr) < 1100
+
+
+def test_any_error_line_is_capped(capsys):
+    import typer
+
+    from pipeline.cli import reported_errors
+
+    with pytest.raises(typer.Exit), reported_errors():
+        raise PipelineError("x" * 5000)
+    line = capsys.readouterr().err.strip()
+    assert len(line) == len("error: ") + 1000 and line.endswith("x…")
+
+
+def test_revision_is_only_for_hub_datasets(tmp_path):
+    path = write_csv(tmp_path / "reviews.csv", labelled_rows(20))
+    fails(tmp_path, "download.revision: applies to hf: sources only", source=str(path), revision="main")
+    folder = tmp_path / "hub_copy"
+    folder.mkdir()
+    pd.DataFrame(labelled_rows(20), columns=["text", "label"]).to_parquet(folder / "train.parquet")
+    fails(tmp_path, "is a local folder", source=f"hf:{folder}", revision="v1.0")
+
+
+def _tar_of(tmp_path: Path, files: dict[str, bytes]) -> Path:
+    archive = tmp_path / "archive.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in files.items():
+            member = tarfile.TarInfo(name)
+            member.size = len(data)
+            tar.addfile(member, io.BytesIO(data))
+    return archive
+
+
+@pytest.mark.parametrize(
+    ("files", "fragment"),
+    [
+        ({"train.csv": b"text,label\nbad \xff byte,pos\n", "test.csv": b"text,label\nok,pos\n"}, "archive.tar.gz:train.csv: line 2"),
+        ({"train.csv": b'text,label\n"never closed,pos\n', "test.csv": b"text,label\nok,pos\n"}, "archive.tar.gz:train.csv: cannot parse"),
+        ({"reviews/train/pos/1.txt": b"\xff", "reviews/train/neg/1.txt": b"x", "reviews/test/pos/1.txt": b"y"}, "archive.tar.gz:reviews/train/pos/1.txt: line 1"),
+        ({"data/train.jsonl": b'{"text": 3, "label": "a"}\n', "data/test.jsonl": b'{"text": "x", "label": "a"}\n'}, "archive.tar.gz:data/train.jsonl: text column"),
+    ],
+)
+def test_errors_inside_an_archive_name_the_member_not_a_temporary_path(tmp_path, files, fragment):
+    archive = _tar_of(tmp_path, files)
+    write_params(tmp_path, download={"source": str(archive)})
+    result = run_cli("download", cwd=tmp_path)
+    assert_user_error(result, f"{archive}:", fragment)
+    assert ".tmp" not in result.stderr and "/tmp/" not in result.stderr.replace(str(tmp_path), "")
+
+
+def test_errors_in_a_downloaded_file_name_the_url(tmp_path, http_server):
+    base, www = http_server
+    (www / "reviews.csv").write_bytes(b"text,label\nbad \xff byte,pos\n")
+    fails(tmp_path, f"{base}/reviews.csv: line 2", source=f"{base}/reviews.csv")
 
 
 def test_hf_dataset_that_cannot_be_loaded(tmp_path):
@@ -351,7 +553,79 @@ def test_ag_news_headerless_csv_reads_as_four_named_classes(tmp_path):
 def test_imdb_archive(tmp_path):
     source = needs_shared("imdb", "aclImdb.tar.gz")
     report, frames = download(tmp_path, source=str(source))
-    assert report["test"]["rows"] == 25_000
-    assert report["train"]["rows"] + report["validation"]["rows"] == 25_000
+    assert report["source_sha256"] == "38aa739c37a8b04652f1dfc17cb0f63864e2b65140b6d0629012d4be8085b624"  # SOURCE.md
+    # 25,000 reviews per split as distributed; some repeat, within a split and between train and test
+    duplicates = report["duplicates"]
+    assert (duplicates["train_within"], duplicates["test_within"], duplicates["train_in_test"]) == (98, 201, 123)
+    assert report["test"]["rows"] == 25_000 - 201
+    assert report["train"]["rows"] + report["validation"]["rows"] == 25_000 - 98 - 123
     assert report["classes"] == ["neg", "pos"]
-    assert report["test"]["classes"] == {"neg": 12_500, "pos": 12_500}
+    assert report["train_duplicates"] == report["train_test_overlap"] == 0
+
+
+# --- no leftovers: temporary folders of killed runs are swept by the next run ----------------
+
+
+def dead_pid() -> int:
+    """The id of a process that has exited (and been reaped): what a killed run leaves in a name."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def test_download_sweeps_temporary_folders_of_killed_runs_only(tmp_path):
+    path = write_csv(tmp_path / "reviews.csv", labelled_rows(50))
+    data = tmp_path / "data"
+    dead = dead_pid()
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        stale = [data / f".raw.download.{dead}.k1l2_3x.tmp", data / f".raw.{dead}.ab_cd12.tmp", data / f".raw.{dead}.zz9.old"]
+        kept = [data / f".raw.download.{live.pid}.k1l2_3x.tmp", data / f".raw.{live.pid}.ab_cd12.tmp"]
+        for folder in stale + kept:
+            (folder / "aclImdb").mkdir(parents=True)
+            (folder / "aclImdb" / "half.txt").write_text("half-written")
+        unrelated = data / ".raw.notes"
+        unrelated.write_text("not ours")
+        write_params(tmp_path, download={"source": str(path)})
+        result = run_cli("download", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in data.iterdir()) == sorted([".raw.notes", "raw", *(p.name for p in kept)])
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_staged_dir_and_atomic_file_sweep_their_own_stale_siblings(tmp_path):
+    from pipeline.files import atomic_file, staged_dir
+
+    dead = dead_pid()
+    (tmp_path / f".model.{dead}.q8w7e6r5.tmp").mkdir()
+    (tmp_path / f".model.{dead}.q8w7e6r5.tmp" / "weights.bin").write_bytes(b"\0" * 10)
+    (tmp_path / f".model.{os.getpid()}.q8w7e6r5.tmp").mkdir()  # this very process: alive
+    (tmp_path / f".other.{dead}.q8w7e6r5.tmp").mkdir()  # another output's: not ours to judge
+    (tmp_path / f".report.json.{dead}.abc123.tmp").write_text("{")
+    with staged_dir(tmp_path / "model") as staging:
+        (staging / "weights.bin").write_bytes(b"1")
+    with atomic_file(tmp_path / "report.json") as handle:
+        handle.write("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["model", "report.json", f".model.{os.getpid()}.q8w7e6r5.tmp", f".other.{dead}.q8w7e6r5.tmp"]
+    )
+    (tmp_path / f".model.{os.getpid()}.q8w7e6r5.tmp").rmdir()
+
+
+def test_download_works_beside_the_output_not_in_the_system_temp_folder(tmp_path):
+    """An archive is fetched and extracted next to --out: nothing is created in TMPDIR
+    (creating and removing an entry would change the folder's modification time)."""
+    write_tree(tmp_path / "src" / "reviews", {"train": 30, "test": 20})
+    archive = tmp_path / "reviews.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "reviews", arcname="reviews")
+    write_params(tmp_path, download={"source": str(archive)})
+    system_temp = tmp_path / "system_temp"
+    system_temp.mkdir()
+    os.utime(system_temp, ns=(10**18, 10**18))
+    result = run_cli("download", cwd=tmp_path, env={"TMPDIR": str(system_temp)})
+    assert result.returncode == 0, result.stderr
+    assert system_temp.stat().st_mtime_ns == 10**18
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]

@@ -153,6 +153,8 @@ TYPE = [
     ("export.latency_warmup", 30.5, "valid integer"),
     ("export.throughput_batches", "30", "valid integer"),
     ("export.seed", "0", "valid integer"),
+    ("download.revision", 7, "valid string"),
+    ("download.dedup", "yes", "valid boolean"),
     ("baseline.enabled", "on", "valid boolean"),
     ("baseline.analyzer", 1, "Input should be 'auto', 'word' or 'char'"),
     ("baseline.min_df", "2", "valid integer"),
@@ -164,6 +166,7 @@ VALUE = [
     ("download.source", "", "at least 1 character"),
     ("download.source", "hf:", "hf: needs a dataset id"),
     ("download.hf_config", "", "at least 1 character"),
+    ("download.revision", "", "at least 1 character"),
     ("download.splits.train", "", "at least 1 character"),
     ("download.splits.validation", "", "at least 1 character"),
     ("download.splits.test", "", "at least 1 character"),
@@ -256,7 +259,7 @@ VALUE = [
     ("report.examples", -1, "greater than or equal to 0"),
 ]
 # Keys whose only invalid values are of the wrong type.
-NO_INVALID_VALUE = {"tokenize.lowercase", "tokenize.strip_html", "model.bag.sparse", "train.compile", "train.tensorboard", "baseline.enabled"}
+NO_INVALID_VALUE = {"download.dedup", "tokenize.lowercase", "tokenize.strip_html", "model.bag.sparse", "train.compile", "train.tensorboard", "baseline.enabled"}
 TRANSFORMER = {"model.arch": "transformer"}
 RULE = [
     ("model.transformer.heads", 3, "must divide model.embed_dim (32) evenly", TRANSFORMER),
@@ -269,6 +272,7 @@ RULE = [
     ("download.splits.validation", "test", "must differ from download.splits.train and .test", {}),
     ("download.sha256", "ab" * 32, "not hf: datasets", {}),  # the default source is hf:
     ("download.hf_config", "default", "applies to hf: sources only", {"download.source": "data/reviews.csv"}),
+    ("download.revision", "main", "applies to hf: sources only", {"download.source": "data/reviews.csv"}),
     ("download.label_column", "title", "is also in download.text_columns", {"download.text_columns": ["title", "body"]}),
     ("download.column_names", ["text", "stars"], "has no 'label'", {}),
     ("download.column_names", ["body", "text", "label"], "has no 'title'", {"download.text_columns": ["title", "text"]}),

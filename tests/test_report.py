@@ -49,6 +49,23 @@ def test_report_is_byte_stable(project, report, tmp_path):
     assert (tmp_path / "again.html").read_bytes() == report.read_bytes()
 
 
+def test_report_shows_what_download_dropped_and_read(project, tmp_path):
+    reports = tmp_path / "reports"
+    shutil.copytree(project / "reports", reports)
+    data = json.loads((reports / "data.json").read_text())
+    assert data["duplicates"]["dropped"] is True and len(data["source_sha256"]) == 64
+    kinds = ["train_within", "validation_within", "test_within", "train_in_test", "validation_in_test", "train_in_validation", "conflicting_labels"]
+    data["duplicates"].update({kind: 1001 + i for i, kind in enumerate(kinds)})  # distinct, to see each one land
+    (reports / "data.json").write_text(json.dumps(data))
+    result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "r.html").read_text()
+    for i, what in enumerate(["within train", "within validation", "within test", "train texts also in test",
+                              "validation texts also in test", "train texts also in validation", "texts seen with more than one label"]):
+        assert f'<td>{what}</td><td class="n">{1001 + i:,}</td>' in page, what
+    assert ">dropped</th>" in page and f"sha256 <code>{data['source_sha256']}</code>" in page
+
+
 def test_user_text_cannot_inject_html(project, tmp_path):
     reports = tmp_path / "reports"
     shutil.copytree(project / "reports", reports)
