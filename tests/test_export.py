@@ -187,9 +187,11 @@ def test_predict_input_errors(project, tmp_path):
     write_csv(tmp_path / "t.csv", [("x", "y")], header=("body", "label"))
     assert_user_error(predict("--file", str(tmp_path / "t.csv"), cwd=project), "no column 'text'", "body", "--column")
     (tmp_path / "t.jsonl").write_text('{"text": "fine"}\n[1, 2]\n')
-    assert_user_error(predict("--file", str(tmp_path / "t.jsonl"), cwd=project), "t.jsonl:2", "text")
-    (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    assert_user_error(predict("--file", str(tmp_path / "latin.txt"), cwd=project), "latin.txt", "UTF-8")
+    assert_user_error(predict("--file", str(tmp_path / "t.jsonl"), cwd=project), "t.jsonl: line 2", "not a JSON object")
+    (tmp_path / "latin.txt").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    assert_user_error(predict("--file", str(tmp_path / "latin.txt"), cwd=project), "latin.txt: line 2", "utf-8", "--encoding")
+    latin = records(predict("--file", str(tmp_path / "latin.txt"), "--encoding", "latin-1", cwd=project))
+    assert [r["text"] for r in latin] == ["fine", "café"]
     assert_user_error(predict("--file", str(tmp_path / "t.csv"), "a text", cwd=project), "not both")
 
 
