@@ -299,5 +299,41 @@ def predict(
         typer.echo(f"predict: {count:,} texts in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} texts/s) -> {out}", err=True)
 
 
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder written by the export stage.", file_okay=False)] = paths.EXPORT_DIR,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one (printed).")] = 8000,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Use the fp32 model instead of the int8 one.")] = False,
+    max_batch: Annotated[int, typer.Option(min=1, help="Texts per ONNX Runtime call, gathered across concurrent requests.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others to share its batch.")] = 2.0,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body (413 above).")] = 1_000_000,
+    max_texts: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 256,
+    max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text, in characters (413 above).")] = 100_000,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
+    shutdown_seconds: Annotated[float, typer.Option(min=0, help="On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.")] = 30.0,
+) -> None:
+    """Serve the bundle over HTTP: POST /predict {"text": ...} or {"texts": [...]}; GET /health, /metadata."""
+    import pipeline.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
+
+    with reported_errors():
+        import socket
+
+        import uvicorn
+
+        from pipeline.serve import Limits, create_app
+
+        limits = Limits(max_body_bytes, max_texts, max_text_chars, max_batch, max_wait_ms)
+        application = create_app(bundle, int8=not fp32, limits=limits, threads=threads)
+        try:
+            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=False)
+        except OSError as exc:
+            raise PipelineError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host") from None
+        bound = sock.getsockname()[1]
+        typer.echo(f"serve: {bundle} on http://{host}:{bound} (POST /predict, GET /health, GET /metadata)", err=True)
+        config = uvicorn.Config(application, log_level="warning", timeout_graceful_shutdown=shutdown_seconds, access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
+
+
 def main() -> None:
     app()
