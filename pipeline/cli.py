@@ -311,6 +311,7 @@ def serve(
     max_texts: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 256,
     max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text, in characters (413 above).")] = 100_000,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
+    workers: Annotated[int, typer.Option(min=0, help="Tokenizing processes beside the server's; 0: tokenize in the server process.")] = 1,
     shutdown_seconds: Annotated[float, typer.Option(min=0, help="On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.")] = 30.0,
 ) -> None:
     """Serve the bundle over HTTP: POST /predict {"text": ...} or {"texts": [...]}; GET /health, /metadata."""
@@ -324,7 +325,7 @@ def serve(
         from pipeline.serve import Limits, create_app
 
         limits = Limits(max_body_bytes, max_texts, max_text_chars, max_batch, max_wait_ms)
-        application = create_app(bundle, int8=not fp32, limits=limits, threads=threads)
+        application = create_app(bundle, int8=not fp32, limits=limits, threads=threads, workers=workers)
         try:
             sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=False)
         except OSError as exc:

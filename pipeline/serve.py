@@ -38,6 +38,7 @@ from starlette.routing import Route
 
 from pipeline import __version__
 from pipeline.bundle import FP32_MODEL, INT8_MODEL, LABELS, MANIFEST, TEXT_SETTINGS, VOCAB, Bundle, Classifier
+from pipeline.text import Hasher, Workers
 
 
 @dataclass(frozen=True)
@@ -70,14 +71,17 @@ def error(status: int, message: str, **extra: object) -> JSONResponse:
 class Batcher:
     """Groups the texts of concurrent requests into batches run by one worker thread."""
 
-    def __init__(self, classify, max_batch: int, max_wait_ms: float):
+    def __init__(self, classify, max_batch: int, max_wait_ms: float, concurrent: int = 1):
         self.classify, self.max_batch, self.max_wait = classify, max_batch, max_wait_ms / 1000
         self.queue: asyncio.Queue = asyncio.Queue()
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="classify")
+        self.concurrent = concurrent  # batches in flight (more than one when a tokenizing process works beside this one)
+        self.executor = ThreadPoolExecutor(concurrent, thread_name_prefix="classify")
         self.task: asyncio.Task | None = None
+        self.running: set[asyncio.Task] = set()
         self.batches = self.texts = 0
 
     def start(self) -> None:
+        self.slots = asyncio.Semaphore(self.concurrent)
         self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
@@ -95,6 +99,7 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            await self.slots.acquire()
             items = [await self.queue.get()]
             count = len(items[0][0])
             deadline = loop.time() + self.max_wait
@@ -111,39 +116,50 @@ class Batcher:
                         break
                 items.append(item)
                 count += len(item[0])
-            texts = [text for batch, _ in items for text in batch]
-            try:
-                result = await loop.run_in_executor(self.executor, self.classify, texts)
-            except Exception as exc:  # a bug: every waiting request gets it (as a 500), the loop goes on
-                for _, future in items:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            self.batches, self.texts = self.batches + 1, self.texts + len(texts)
-            start = 0
-            for batch, future in items:
-                if not future.done():  # a client that went away cancelled its future
-                    future.set_result(result[start : start + len(batch)])
-                start += len(batch)
+            task = loop.create_task(self._classify(items))
+            self.running.add(task)
+            task.add_done_callback(self.running.discard)
+
+    async def _classify(self, items: list) -> None:
+        texts = [text for batch, _ in items for text in batch]
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(self.executor, self.classify, texts)
+        except Exception as exc:  # a bug: every waiting request gets it (as a 500), the loop goes on
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        finally:
+            self.slots.release()
+        self.batches, self.texts = self.batches + 1, self.texts + len(texts)
+        start = 0
+        for batch, future in items:
+            if not future.done():  # a client that went away cancelled its future
+                future.set_result(result[start : start + len(batch)])
+            start += len(batch)
 
 
 def _short(probability: float) -> float:
     return float(f"{probability:.6g}")
 
 
-def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), threads: int = 1) -> Starlette:
-    """The app for one bundle, loaded and checked now (a PipelineError if it is bad)."""
+def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), threads: int = 1, workers: int = 0) -> Starlette:
+    """The app for one bundle, loaded and checked now (a PipelineError if it is bad). `workers`
+    tokenizing processes (spaCy holds the GIL, so a process of its own leaves this one free for
+    HTTP and ONNX Runtime); 0: tokenize in this process, in the batch thread."""
     model_file = INT8_MODEL if int8 else FP32_MODEL
     bundle = Bundle.load(bundle_dir, verify=(model_file, VOCAB, LABELS, TEXT_SETTINGS))
     classifier = Classifier(bundle, int8=int8, threads=threads)
     labels = bundle.labels
     manifest_bytes = (bundle_dir / MANIFEST).read_bytes()
 
+    pool = Workers(bundle.settings, workers, Hasher.hash_bounded, always_pool=True) if workers else None
+
     def classify(texts: list[str]) -> np.ndarray:
-        hashes, lengths = classifier.hasher.hash_bounded(texts)
+        hashes, lengths = pool.submit(texts).get() if pool is not None else classifier.hasher.hash_bounded(texts)
         return classifier.probabilities(classifier.token_ids(hashes, lengths), limits.max_batch)
 
-    batcher = Batcher(classify, limits.max_batch, limits.max_wait_ms)
+    batcher = Batcher(classify, limits.max_batch, limits.max_wait_ms, concurrent=workers + 1)
 
     def prediction(row: np.ndarray) -> dict:
         top = int(row.argmax())
@@ -218,9 +234,15 @@ def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), t
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if pool is not None:
+            pool.__enter__()
         batcher.start()
-        yield
-        await batcher.stop()
+        try:
+            yield
+        finally:
+            await batcher.stop()
+            if pool is not None:
+                pool.__exit__(None, None, None)
 
     return Starlette(
         routes=[

@@ -167,11 +167,12 @@ class Workers:
     """Runs `task(hasher, texts)` over batches of texts in order, in-process (workers=1) or in a
     process pool with a bounded amount of work in flight. `task` must be a module-level function."""
 
-    def __init__(self, settings: TextSettings, workers: int, task: Callable[[Hasher, list[str]], object]):
+    def __init__(self, settings: TextSettings, workers: int, task: Callable[[Hasher, list[str]], object], always_pool: bool = False):
         self.settings, self.workers, self.task, self.pool = settings, workers, task, None
+        self.always_pool = always_pool  # a pool even of one process (a server: tokenizing beside the event loop)
 
     def __enter__(self) -> Workers:
-        if self.workers == 1:
+        if self.workers == 1 and not self.always_pool:
             _init_worker(self.settings)
         else:
             # forkserver: no fork of a threaded parent (pyarrow, ONNX Runtime), yet workers start
@@ -190,7 +191,7 @@ class Workers:
 
     def submit(self, texts: list[str]):
         """Start `task` on one batch in the pool; returns an AsyncResult (`ready()`, `get()`)."""
-        assert self.pool is not None, "submit needs a pool (workers > 1)"
+        assert self.pool is not None, "submit needs a pool (see __enter__)"
         return self.pool.apply_async(_run_task, (self.task, texts))
 
     def map(self, batches: Iterable[list[str]]) -> Iterator:
