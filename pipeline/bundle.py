@@ -7,7 +7,9 @@ models/export/
   vocab.json        [token, train count] per id, as the tokenize stage wrote it
   labels.json       class names, index = class id
   text.json         tokenizer settings (language, lowercase, strip_html, max_tokens)
-  manifest.json     format, versions, params, and the size and SHA-256 of every file above
+  manifest.json     format, versions, params, the size and SHA-256 of every file above, and
+                    the tokenizer record: spaCy's version and the ids of a probe text, so that
+                    a bundle loaded under another spaCy warns, or refuses if the ids differ
 
 Only NumPy, spaCy and ONNX Runtime are imported here, so that `predict` starts fast and
 deploys without torch.
@@ -16,7 +18,8 @@ deploys without torch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,11 @@ BUNDLE_FORMAT = 1
 FP32_MODEL, INT8_MODEL = "model.onnx", "model.int8.onnx"
 VOCAB, LABELS, TEXT_SETTINGS, MANIFEST = "vocab.json", "labels.json", "text.json", "manifest.json"
 BUNDLE_FILES = (FP32_MODEL, INT8_MODEL, VOCAB, LABELS, TEXT_SETTINGS)
+PROBE_TEXT = (  # what tokenizer rules touch: contractions, URLs, e-mail, numbers, units, quotes, HTML, accents, emoji
+    "Don't stop! It's a 10/10 film... e-mail me@example.com, see https://example.com/a?b=1 — “quoted” (ok) "
+    "3.5km, $20, U.S.A. vs. U.K.; well-made <br />naïve café 😀 #tag @user :-) x2 C++ can't won't"
+)
+PROBE_VOCAB = 300  # the most frequent vocabulary entries, appended to the probe so that its ids mean something
 
 
 def sha256_of(path: Path) -> str:
@@ -57,12 +65,16 @@ def pad_batch(ids: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def onnx_session(path: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with every graph optimization; `threads` intra-op threads."""
+    """An ONNX Runtime CPU session with every graph optimization; `threads` intra-op threads,
+    which sleep between calls instead of spinning (spinning threads would take CPU from the
+    tokenizer, the server, or another engine being timed)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are about its own graph rewrites
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -124,14 +136,47 @@ class Bundle:
         return read_json(path, "rerun the export stage")
 
 
-class Classifier:
-    """Text in, class probabilities out: the bundle's tokenizer, vocabulary and ONNX model."""
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
-    def __init__(self, bundle: Bundle, int8: bool = True, threads: int | None = None):
+
+class Classifier:
+    """Text in, class probabilities out: the bundle's tokenizer, vocabulary and ONNX model.
+    Checks the bundle's tokenizer record (see `tokenizer_record`) against the installed spaCy:
+    other token ids on the probe text are a PipelineError; only another version, a warning."""
+
+    def __init__(self, bundle: Bundle, int8: bool = True, threads: int | None = None, warn: Callable[[str], None] = _warn):
         self.bundle, self.labels = bundle, bundle.labels
         self.session = onnx_session(bundle.folder / (INT8_MODEL if int8 else FP32_MODEL), threads)
         self.hasher = Hasher(bundle.settings)
         self.lookup = HashLookup(np.concatenate([np.zeros(2, np.uint64), self.hasher.hashes_of(bundle.tokens[2:])]))
+        self.check_tokenizer(warn)
+
+    def tokenizer_record(self) -> dict[str, Any]:
+        """What the export stage stores in the manifest: spaCy's version, a probe text, its ids."""
+        import spacy
+
+        probe = " ".join([PROBE_TEXT, *self.bundle.tokens[2 : 2 + PROBE_VOCAB]])
+        return {"spacy": spacy.__version__, "probe": probe, "probe_ids": self.encode([probe])[0].tolist()}
+
+    def check_tokenizer(self, warn: Callable[[str], None]) -> None:
+        recorded = self.bundle.manifest.get("tokenizer")
+        if not isinstance(recorded, dict) or not isinstance(recorded.get("probe"), str):
+            return  # a bundle from before the record: nothing to compare with
+        import spacy
+
+        folder = self.bundle.folder
+        if self.encode([recorded["probe"]])[0].tolist() != recorded.get("probe_ids"):
+            raise PipelineError(
+                f"{folder}: spaCy {spacy.__version__} tokenizes text differently from spaCy {recorded.get('spacy')}, "
+                f"which the bundle was exported with (other token ids on its probe text); install spacy=={recorded.get('spacy')} "
+                "or rerun the pipeline under this version"
+            )
+        if recorded.get("spacy") != spacy.__version__:
+            warn(
+                f"{folder} was exported with spaCy {recorded.get('spacy')}, this is spaCy {spacy.__version__}; "
+                "the probe text gives the same token ids, so predictions should match"
+            )
 
     def token_ids(self, hashes: np.ndarray, lengths: np.ndarray) -> list[np.ndarray]:
         """Split one batch's hashes (as `Hasher.hash_batch` returns them) into id arrays per text."""

@@ -202,20 +202,32 @@ def report(
         typer.echo(f"report: {len(result['figures'])} figures, {result['bytes'] / 1e3:,.0f} kB -> {out}")
 
 
+def _looks_like_path(text: str) -> bool:
+    return bool(text) and not any(c.isspace() for c in text) and ("/" in text or "\\" in text or text in (".", ".."))
+
+
 @app.command()
 def predict(
     items: Annotated[
         list[str] | None,
         typer.Argument(
-            help="[BUNDLE] [TEXT...]: a first argument that is a folder is the bundle (default models/export); the rest are texts.",
+            help="Texts to classify. (Without --bundle, a first argument that is a folder is taken as the bundle.)",
             show_default=False,
         ),
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", "-b", help="Bundle folder written by the export stage (default: models/export).", file_okay=False, show_default=False),
     ] = None,
     file: Annotated[
         Path | None,
         typer.Option("--file", "-f", help="Texts: one per line, or a CSV/TSV column, or a JSON Lines field (see --column).", dir_okay=False),
     ] = None,
     column: Annotated[str, typer.Option(help="Column (CSV/TSV) or field (JSON Lines) that holds the text.")] = "text",
+    encoding: Annotated[str, typer.Option(help="Encoding of --file or stdin (e.g. latin-1, cp1252); a UTF-8 byte-order mark is dropped.")] = "utf-8",
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip bad lines (invalid JSON, a missing field, undecodable bytes) and count them, instead of stopping at the first.")
+    ] = False,
     fp32: Annotated[bool, typer.Option("--fp32", help="Use the fp32 model instead of the int8 one.")] = False,
     out: Annotated[
         Path | None,
@@ -228,7 +240,8 @@ def predict(
     ] = None,
 ) -> None:
     """Classify texts with an exported bundle (ONNX Runtime + spaCy, no torch): one JSON line per text
-    with text, label, score and probabilities. Texts from arguments, --file, or stdin (one per line)."""
+    with text, label, score and probabilities, in input order, written as each chunk is classified.
+    Texts from arguments, --file, or stdin (one per line)."""
     import pipeline.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
 
     with reported_errors():
@@ -236,21 +249,38 @@ def predict(
         import time
 
         from pipeline.files import atomic_file
-        from pipeline.predict import predict_lines, read_texts, stdin_texts
+        from pipeline.predict import file_texts, predict_lines, stdin_texts
 
-        bundle, texts = paths.EXPORT_DIR, list(items or [])
-        if texts and Path(texts[0]).is_dir():
-            bundle, texts = Path(texts[0]), texts[1:]
+        texts = list(items or [])
+        if bundle is None:
+            bundle = paths.EXPORT_DIR
+            first = texts[0] if texts else ""
+            if first and Path(first).is_dir():  # the bundle as the first argument
+                bundle, texts = Path(first), texts[1:]
+            elif first and Path(first).is_file() and _looks_like_path(first):
+                raise PipelineError(f"{first} is a file, not a text or a bundle; pass it with --file {first}")
+            elif _looks_like_path(first):
+                raise PipelineError(
+                    f"{first}: no model bundle there (it looks like a path, so it is not taken as a text); "
+                    "run the export stage or pass --bundle FOLDER (with --bundle every argument is a text)"
+                )
         if texts and file is not None:
             raise PipelineError("give texts as arguments or with --file, not both")
+        skipped: list[str] = []
+        on_bad = skipped.append if skip_bad else None
         if texts:
             source = iter(texts)
         elif file is not None:
-            source = read_texts(file, column)
+            source = file_texts(file, column, encoding, on_bad)
         elif not sys.stdin.isatty():
-            source = stdin_texts()
+            source = stdin_texts(encoding, on_bad)
         else:
             raise PipelineError("no texts to classify: pass them as arguments, with --file, or on stdin (one per line)")
+
+        def report_skipped() -> None:
+            if skipped:
+                typer.echo(f"predict: skipped {len(skipped):,} bad lines (--skip-bad); the first: {skipped[0]}", err=True)
+
         started = time.perf_counter()
         if out is None:
             try:
@@ -260,11 +290,50 @@ def predict(
                 import os
 
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            report_skipped()
             return
         with atomic_file(out) as handle:
-            count = predict_lines(bundle, source, handle, int8=not fp32, batch_size=batch_size, workers=workers)
+            count = predict_lines(bundle, source, handle, int8=not fp32, batch_size=batch_size, workers=workers, flush=False)
         seconds = time.perf_counter() - started
+        report_skipped()
         typer.echo(f"predict: {count:,} texts in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} texts/s) -> {out}", err=True)
+
+
+@app.command()
+def serve(
+    bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder written by the export stage.", file_okay=False)] = paths.EXPORT_DIR,
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one (printed).")] = 8000,
+    fp32: Annotated[bool, typer.Option("--fp32", help="Use the fp32 model instead of the int8 one.")] = False,
+    max_batch: Annotated[int, typer.Option(min=1, help="Texts per ONNX Runtime call, gathered across concurrent requests.")] = 64,
+    max_wait_ms: Annotated[float, typer.Option(min=0, help="How long a request waits for others to share its batch.")] = 2.0,
+    max_body_bytes: Annotated[int, typer.Option(min=1, help="Largest request body (413 above).")] = 1_000_000,
+    max_texts: Annotated[int, typer.Option(min=1, help="Most texts in one request (413 above).")] = 256,
+    max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text, in characters (413 above).")] = 100_000,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
+    workers: Annotated[int, typer.Option(min=0, help="Tokenizing processes beside the server's; 0: tokenize in the server process.")] = 1,
+    shutdown_seconds: Annotated[float, typer.Option(min=0, help="On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.")] = 30.0,
+) -> None:
+    """Serve the bundle over HTTP: POST /predict {"text": ...} or {"texts": [...]}; GET /health, /metadata."""
+    import pipeline.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
+
+    with reported_errors():
+        import socket
+
+        import uvicorn
+
+        from pipeline.serve import Limits, create_app
+
+        limits = Limits(max_body_bytes, max_texts, max_text_chars, max_batch, max_wait_ms)
+        application = create_app(bundle, int8=not fp32, limits=limits, threads=threads, workers=workers)
+        try:
+            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=False)
+        except OSError as exc:
+            raise PipelineError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host") from None
+        bound = sock.getsockname()[1]
+        typer.echo(f"serve: {bundle} on http://{host}:{bound} (POST /predict, GET /health, GET /metadata)", err=True)
+        config = uvicorn.Config(application, log_level="warning", timeout_graceful_shutdown=shutdown_seconds, access_log=False)
+        uvicorn.Server(config).run(sockets=[sock])
 
 
 def main() -> None:

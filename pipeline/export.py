@@ -3,14 +3,18 @@ models/export/, checked and measured, with the numbers in reports/export.json.
 
 Checks (any failure stops the stage and leaves the previous bundle in place):
   - onnx.checker on the fp32 graph;
-  - parity: ONNX Runtime fp32 logits against PyTorch on the whole test split plus edge
-    inputs (an empty text, a one-token text, the longest test text);
+  - the gate (`check_gate`): ONNX Runtime fp32 logits against PyTorch on the whole test split
+    plus edge inputs (an empty text, a one-token text, the longest test text) within
+    `export.max_abs_diff`, with every argmax equal; int8 test accuracy at most
+    `export.max_int8_drop` below PyTorch's;
   - the bundle's own tokenizer (spaCy + vocabulary, as `predict` runs it) reproduces the
     tokenized test ids from the raw test texts.
 Measured: accuracy of PyTorch fp32, ONNX fp32 and ONNX int8 on the whole test split;
 batch-1 latency (p50, p95) and batch-64 throughput of the three, on the model alone
-(token ids in, logits out), interleaved call by call after a warm-up so that every engine
-sees the same documents and the same machine noise.
+(token ids in, logits out). Each engine is timed in blocks of consecutive calls, the blocks
+of the three engines repeated in a seeded random order, with the same thread count and no
+spinning threads (ONNX Runtime's allow_spinning 0, OpenMP's PASSIVE wait policy), so that
+one engine's idle threads never compete with the next engine's call.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import platform
 import shutil
 import time
@@ -26,7 +31,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-import torch
+
+# before torch loads OpenMP (it reads this once): idle OpenMP threads sleep instead of spinning,
+# so they do not slow ONNX Runtime's calls when the engines are timed one after another
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch  # noqa: E402
 
 from pipeline import __version__
 from pipeline.batching import TokenizedSplit
@@ -56,6 +65,7 @@ from pipeline.system import available_cores
 # ops whose weights ONNX Runtime's dynamic quantization turns to int8 (Gather: embedding tables)
 QUANTIZED_OPS = ["Gather", "MatMul", "Gemm", "Conv", "LSTM", "Attention"]
 THROUGHPUT_BATCH = 64
+LATENCY_BLOCK = 50  # consecutive calls of one engine per timed block
 TOKENIZER_CHECK_DOCUMENTS = 2000
 
 
@@ -132,15 +142,74 @@ def check_tokenizer(classifier: Classifier, texts, test: TokenizedSplit, rng: np
     return len(picked)
 
 
-def time_interleaved(engines: dict[str, Callable], inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int) -> dict[str, np.ndarray]:
-    """Seconds per call of each engine on each input; engines take turns call by call."""
-    times = {name: [] for name in engines}
-    for position, (ids, lengths) in enumerate(inputs):
-        for name, call in engines.items():
-            started = time.perf_counter()
+def max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a - b).max()) if a.size else 0.0
+
+
+def check_gate(
+    model: torch.nn.Module,
+    test: TokenizedSplit,
+    fp32_session,
+    int8_session,
+    config: ExportParams,
+) -> dict[str, np.ndarray | float]:
+    """The export gate: PyTorch and the two ONNX graphs on the whole test split and the edge
+    inputs. Raises a PipelineError, and so stops the stage before the bundle replaces the
+    previous one, if fp32 logits differ from PyTorch's by more than `config.max_abs_diff` or
+    any argmax differs, or if int8 accuracy is more than `config.max_int8_drop` below
+    PyTorch's. Returns the logits and differences for the report."""
+    torch_logits = predict_logits(model, test, config.batch_size, torch.device("cpu"))
+    fp32_logits = session_logits(fp32_session, test, config.batch_size)
+    int8_logits = session_logits(int8_session, test, config.batch_size)
+    edge_ids, edge_lengths = edge_inputs(test)
+    with torch.inference_mode():
+        edge_torch = model(torch.from_numpy(edge_ids), torch.from_numpy(edge_lengths)).numpy()
+    edge_fp32 = run_session(fp32_session, edge_ids, edge_lengths)
+    fp32_diff = max(max_abs_diff(fp32_logits, torch_logits), max_abs_diff(edge_fp32, edge_torch))
+    int8_diff = max(max_abs_diff(int8_logits, torch_logits), max_abs_diff(run_session(int8_session, edge_ids, edge_lengths), edge_torch))
+    if not fp32_diff <= config.max_abs_diff:  # also catches NaN
+        raise PipelineError(
+            f"export gate: ONNX fp32 logits differ from PyTorch's by up to {fp32_diff:.3g} (export.max_abs_diff {config.max_abs_diff:g}); "
+            "the exported graph is wrong: the bundle was not replaced"
+        )
+    flipped = int((fp32_logits.argmax(1) != torch_logits.argmax(1)).sum()) + int((edge_fp32.argmax(1) != edge_torch.argmax(1)).sum())
+    if flipped:
+        raise PipelineError(
+            f"export gate: ONNX fp32 predicts another class than PyTorch for {flipped} inputs; "
+            "the exported graph is wrong: the bundle was not replaced"
+        )
+    actual = test.labels.astype(np.int64)
+    torch_accuracy = float((torch_logits.argmax(1) == actual).mean()) if len(actual) else 0.0
+    int8_accuracy = float((int8_logits.argmax(1) == actual).mean()) if len(actual) else 0.0
+    drop = torch_accuracy - int8_accuracy
+    if drop > config.max_int8_drop + 1e-12:
+        raise PipelineError(
+            f"export gate: int8 test accuracy {int8_accuracy:.4f} is {drop * 100:.2f} points below PyTorch's {torch_accuracy:.4f} "
+            f"(export.max_int8_drop {config.max_int8_drop:g}); raise export.int8_min_weights to keep more weights fp32, "
+            "or raise export.max_int8_drop: the bundle was not replaced"
+        )
+    return {"torch": torch_logits, "fp32": fp32_logits, "int8": int8_logits, "fp32_diff": fp32_diff, "int8_diff": int8_diff}
+
+
+def time_blocks(
+    engines: dict[str, Callable], inputs: list[tuple[np.ndarray, np.ndarray]], warmup: int, block: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """Seconds per call of each engine on each input. Each engine first runs `warmup` calls
+    untimed, then the inputs in blocks of `block` consecutive calls of one engine; each round
+    runs one block per engine in a random order, so no engine always follows the same one."""
+    for call in engines.values():
+        for ids, lengths in inputs[:warmup]:
             call(ids, lengths)
-            if position >= warmup:
-                times[name].append(time.perf_counter() - started)
+    timed = inputs[warmup:]
+    times: dict[str, list[float]] = {name: [] for name in engines}
+    names = list(engines)
+    for start in range(0, len(timed), block):
+        for index in rng.permutation(len(names)):
+            name, call = names[index], engines[names[index]]
+            for ids, lengths in timed[start : start + block]:
+                began = time.perf_counter()
+                call(ids, lengths)
+                times[name].append(time.perf_counter() - began)
     return {name: np.array(values) for name, values in times.items()}
 
 
@@ -153,8 +222,8 @@ def measure_speed(engines: dict[str, Callable], test: TokenizedSplit, config: Ex
         test.batch(rng.choice(len(test), THROUGHPUT_BATCH, replace=THROUGHPUT_BATCH > len(test)))[:2]
         for _ in range(batch_warmup + config.throughput_batches)
     ]
-    single_times = time_interleaved(engines, singles, config.latency_warmup)
-    batch_times = time_interleaved(engines, batches, batch_warmup)
+    single_times = time_blocks(engines, singles, config.latency_warmup, LATENCY_BLOCK, rng)
+    batch_times = time_blocks(engines, batches, batch_warmup, max(1, LATENCY_BLOCK // 10), rng)
     result = {}
     for name, times in single_times.items():
         result[f"latency_ms_batch1_{name}"] = round(float(np.percentile(times, 50)) * 1e3, 4)
@@ -162,6 +231,8 @@ def measure_speed(engines: dict[str, Callable], test: TokenizedSplit, config: Ex
         result[f"latency_ms_batch1_p95_{name}"] = round(float(np.percentile(times, 95)) * 1e3, 4)
     for name, times in batch_times.items():
         result[f"throughput_batch64_{name}"] = round(THROUGHPUT_BATCH * len(times) / float(times.sum()), 1)
+    result["latency_block_calls"] = LATENCY_BLOCK
+    result["latency_blocks_per_engine"] = -(-config.latency_runs // LATENCY_BLOCK)
     return result
 
 
@@ -230,16 +301,12 @@ def run_export(
         fp32 = onnx_session(bundle_dir / FP32_MODEL, threads)
         classifier = Classifier(bundle, int8=True, threads=threads)
         int8 = classifier.session
+        manifest["tokenizer"] = classifier.tokenizer_record()
+        write_json(bundle_dir / MANIFEST, manifest)
         checked = check_tokenizer(classifier, texts, test, np.random.default_rng(config.seed))
-
-        torch_logits = predict_logits(model, test, config.batch_size, torch.device("cpu"))
-        fp32_logits = session_logits(fp32, test, config.batch_size)
-        int8_logits = session_logits(int8, test, config.batch_size)
-        edge_ids, edge_lengths = edge_inputs(test)
-        with torch.inference_mode():
-            edge_torch = model(torch.from_numpy(edge_ids), torch.from_numpy(edge_lengths)).numpy()
-        fp32_diff = max(np.abs(fp32_logits - torch_logits).max(), np.abs(run_session(fp32, edge_ids, edge_lengths) - edge_torch).max())
-        int8_diff = max(np.abs(int8_logits - torch_logits).max(), np.abs(run_session(int8, edge_ids, edge_lengths) - edge_torch).max())
+        gate = check_gate(model, test, fp32, int8, config)
+        torch_logits, fp32_logits, int8_logits = gate["torch"], gate["fp32"], gate["int8"]
+        fp32_diff, int8_diff = gate["fp32_diff"], gate["int8_diff"]
 
         def torch_call(ids: np.ndarray, lengths: np.ndarray) -> None:
             with torch.inference_mode():
@@ -273,6 +340,8 @@ def run_export(
         "int8_speedup_batch1": round(speed["latency_ms_batch1_torch_fp32"] / speed["latency_ms_batch1_onnx_int8"], 3),
         "opset": config.opset,
         "threads": threads,
+        "torch_threads": torch.get_num_threads(),
+        "omp_wait_policy_passive": int(os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"),
         "seconds": round(time.perf_counter() - started, 3),
     }
     write_json(report_path, report)

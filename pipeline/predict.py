@@ -1,24 +1,29 @@
 """`predict`: classify texts with an exported bundle; JSON Lines out, one line per input text.
 
 Texts come from arguments, from --file (one text per line; or a CSV/TSV column; or a JSON
-Lines field) or from stdin (one per line). Input is streamed in chunks: tokenized by spaCy
-(in worker processes when there is more than one chunk and more than one core), run
-through ONNX Runtime in length-sorted batches, written in input order.
+Lines field, read by the same streaming reader as `download`'s formats) or from stdin.
+Input is streamed: a reader thread cuts it into chunks (full ones, or whatever has arrived
+when the input pauses), chunks are tokenized by spaCy (in worker processes once there is
+more than one chunk and more than one core) and run through ONNX Runtime, and each chunk's
+lines are written, in input order, and flushed as soon as it is done. Memory stays bounded
+whatever the input size: a few chunks in flight, and spaCy's lexeme cache is started afresh
+when it grows large.
 
 Import pipeline.torchless before this module where torch must stay out (the CLI does).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import queue
 import sys
+import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
-from itertools import islice
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import BinaryIO, TextIO
+
+import numpy as np
 
 from pipeline.bundle import FP32_MODEL, INT8_MODEL, LABELS, TEXT_SETTINGS, VOCAB, Bundle, Classifier
 from pipeline.errors import PipelineError
@@ -26,51 +31,35 @@ from pipeline.system import available_cores
 from pipeline.text import Hasher, Workers
 
 CHUNK = 512  # texts per tokenizing task: large enough to amortize the worker round trip
-TABLE_SUFFIXES = {".csv": ",", ".tsv": "\t"}
-JSONL_SUFFIXES = {".jsonl", ".ndjson"}
+PAUSE_SECONDS = 0.05  # input idle this long: classify what has arrived instead of waiting for a full chunk
+STREAM_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
-def _lines(handle: TextIO) -> Iterator[str]:
-    for line in handle:
-        yield line.rstrip("\r\n")
-
-
-def read_texts(path: Path, column: str = "text") -> Iterator[str]:
+def file_texts(path: Path, column: str = "text", encoding: str = "utf-8", on_bad: Callable[[str], None] | None = None) -> Iterator[str]:
     """Texts of a file, streamed: a `column` of a CSV/TSV with a header, a `column` field of
     JSON Lines, otherwise one text per line (an empty line is an empty text)."""
     try:
-        handle = path.open(encoding="utf-8", newline="")
+        handle = path.open("rb")
     except FileNotFoundError:
         raise PipelineError(f"{path}: no such file; pass a text file, CSV/TSV or JSON Lines with --file") from None
+    except IsADirectoryError:
+        raise PipelineError(f"{path} is a folder; pass a text file, CSV/TSV or JSON Lines with --file") from None
     except OSError as exc:
         raise PipelineError(f"{path}: cannot read it ({exc.strerror})") from None
+    return _records(handle, str(path), STREAM_FORMATS.get(path.suffix.lower()), column, encoding, on_bad)
+
+
+def stdin_texts(encoding: str = "utf-8", on_bad: Callable[[str], None] | None = None) -> Iterator[str]:
+    """One text per line of stdin."""
+    return _records(sys.stdin.buffer, "stdin", None, "text", encoding, on_bad)
+
+
+def _records(handle: BinaryIO, where: str, fmt: str | None, column: str, encoding: str, on_bad) -> Iterator[str]:
+    from pipeline.readers import stream_records
+
     with handle:
-        try:
-            suffix = path.suffix.lower()
-            if suffix in TABLE_SUFFIXES:
-                reader = csv.DictReader(handle, delimiter=TABLE_SUFFIXES[suffix])
-                if column not in (reader.fieldnames or []):
-                    found = ", ".join(reader.fieldnames or []) or "none"
-                    raise PipelineError(f"{path} has no column {column!r} (columns: {found}); pass --column NAME")
-                for row in reader:
-                    yield row[column] or ""
-            elif suffix in JSONL_SUFFIXES:
-                for number, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        record = json.loads(line)
-                    except ValueError:
-                        raise PipelineError(f"{path}:{number}: not a JSON object; JSON Lines need one object per line") from None
-                    if not isinstance(record, dict) or not isinstance(record.get(column), str):
-                        raise PipelineError(f"{path}:{number}: no string field {column!r}; pass --column NAME")
-                    yield record[column]
-            else:
-                yield from _lines(handle)
-        except UnicodeDecodeError:
-            raise PipelineError(f"{path}: not UTF-8 text; convert it to UTF-8 first") from None
-        except csv.Error as exc:
-            raise PipelineError(f"{path}: malformed CSV ({exc})") from None
+        for _, text in stream_records(handle, where, fmt, column, encoding, on_bad):
+            yield text
 
 
 def _short(probability: float) -> float:
@@ -78,10 +67,73 @@ def _short(probability: float) -> float:
     return float(f"{probability:.6g}")
 
 
-def _chunks(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    iterator = iter(texts)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
+def json_lines(texts: list[str], probabilities: np.ndarray, names: list[str]) -> str:
+    lines = []
+    for text, row in zip(texts, probabilities):
+        top = int(row.argmax())
+        record = {"text": text, "label": names[top], "score": _short(row[top]),
+                  "probabilities": {name: _short(p) for name, p in zip(names, row)}}
+        lines.append(json.dumps(record, ensure_ascii=False))
+    return "\n".join(lines) + "\n"
+
+
+_END = object()
+
+
+class Chunker:
+    """Reads an iterable of texts in a thread and hands out chunks in order: full ones of `size`
+    texts, or, when the input pauses, whatever has arrived. At most `ahead` full chunks wait, so
+    memory is bounded. An error of the input (a bad line) comes out after every text before it."""
+
+    def __init__(self, texts: Iterable[str], size: int, ahead: int):
+        self.texts, self.size = texts, size
+        self.ready: queue.Queue = queue.Queue(maxsize=ahead)
+        self.lock = threading.Lock()
+        self.partial: list[str] = []
+        self.thread = threading.Thread(target=self._read, name="predict-input", daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            for text in self.texts:
+                with self.lock:  # a blocking put here is safe: next() takes the lock only when `ready` is empty
+                    self.partial.append(text)
+                    if len(self.partial) >= self.size:
+                        self.ready.put(self.partial)
+                        self.partial = []
+            end: object = _END
+        except BaseException as exc:  # handed to the consumer, in order
+            end = exc
+        with self.lock:
+            if self.partial:
+                self.ready.put(self.partial)
+                self.partial = []
+            self.ready.put(end)
+
+    def next(self, wait: float) -> list[str] | object | None:
+        """The next chunk, _END, the input's exception, or None if nothing arrived within `wait`."""
+        try:
+            return self.ready.get(timeout=wait)
+        except queue.Empty:
+            pass
+        with self.lock:
+            if not self.ready.empty():
+                return self.ready.get_nowait()
+            if self.partial:
+                chunk, self.partial = self.partial, []
+                return chunk
+        return None
+
+
+class _Done:
+    def __init__(self, value: object):
+        self.value = value
+
+    def ready(self) -> bool:
+        return True
+
+    def get(self) -> object:
+        return self.value
 
 
 def predict_lines(
@@ -91,48 +143,52 @@ def predict_lines(
     int8: bool = True,
     batch_size: int = 64,
     workers: int | None = None,
+    flush: bool = True,
 ) -> int:
-    """Write one JSON line per text to `out`; returns the number of texts."""
+    """Write one JSON line per text to `out`, chunk by chunk in input order (flushed after each
+    when `flush`); returns the number of texts. An exception of `texts` is raised after the
+    lines of every text before it were written."""
     model = INT8_MODEL if int8 else FP32_MODEL
     bundle = Bundle.load(bundle_dir, verify=(model, VOCAB, LABELS, TEXT_SETTINGS))
     # ONNX Runtime uses the cores left over from tokenizing
     workers = workers or available_cores()
     classifier = Classifier(bundle, int8=int8, threads=max(1, available_cores() - workers + 1))
-    chunks = _chunks(texts, CHUNK)
-    first = list(islice(chunks, 2))
-    if len(first) < 2:
-        workers = 1  # one chunk: a pool would cost more than it saves
-    pending: deque[list[str]] = deque()
+    in_flight = 2 * workers
+    chunker = Chunker(texts, CHUNK, ahead=in_flight)
+    pending: deque = deque()  # (texts, result) in input order
+    pool: Workers | None = None
+    count, started = 0, False
 
-    def feed() -> Iterator[list[str]]:
-        for chunk in [*first, *chunks]:
-            pending.append(chunk)
-            yield chunk
+    def write_oldest() -> None:
+        nonlocal count
+        chunk, result = pending.popleft()
+        hashes, lengths = result.get()
+        probabilities = classifier.probabilities(classifier.token_ids(hashes, lengths), batch_size)
+        out.write(json_lines(chunk, probabilities, bundle.labels))
+        if flush:
+            out.flush()
+        count += len(chunk)
 
-    names = bundle.labels
-    count = 0
-    with Workers(bundle.settings, workers, Hasher.hash_batch) as pool:
-        for hashes, lengths in pool.map(feed()):
-            chunk = pending.popleft()
-            probabilities = classifier.probabilities(classifier.token_ids(hashes, lengths), batch_size)
-            best = probabilities.argmax(1)
-            lines = []
-            for text, row, top in zip(chunk, probabilities, best):
-                record = {
-                    "text": text,
-                    "label": names[top],
-                    "score": _short(row[top]),
-                    "probabilities": {name: _short(p) for name, p in zip(names, row)},
-                }
-                lines.append(json.dumps(record, ensure_ascii=False))
-            out.write("\n".join(lines) + "\n")
-            count += len(chunk)
-    return count
-
-
-def stdin_texts() -> Iterator[str]:
-    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="strict", newline="")
     try:
-        yield from _lines(stream)
-    except UnicodeDecodeError:
-        raise PipelineError("stdin is not UTF-8 text; convert it to UTF-8 first") from None
+        while True:
+            while pending and (pending[0][1].ready() or len(pending) >= in_flight):
+                write_oldest()
+            item = chunker.next(PAUSE_SECONDS)
+            if item is None:
+                continue
+            if item is _END or isinstance(item, BaseException):
+                while pending:
+                    write_oldest()
+                if isinstance(item, BaseException):
+                    raise item
+                return count
+            if pool is None and started and workers > 1:  # a second chunk: worth starting the pool
+                pool = Workers(bundle.settings, workers, Hasher.hash_bounded).__enter__()
+            started = True
+            if pool is None:
+                pending.append((item, _Done(classifier.hasher.hash_bounded(item))))
+            else:
+                pending.append((item, pool.submit(item)))
+    finally:
+        if pool is not None:
+            pool.__exit__(None, None, None)

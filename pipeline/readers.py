@@ -178,3 +178,125 @@ def read_tree(split_dirs: dict[str, Path], encoding: str, name_of: NameOf = str)
                 names.append(label)
         frames[split] = pd.DataFrame({"text": texts, "label": names})
     return frames
+
+
+# --- streaming: texts of one file or stream, record by record (for `predict`) ----------------
+# The same formats, decoding, byte-order mark and quoting as read_table above, but one record
+# at a time in bounded memory, with the line number of every record for error messages.
+
+STREAM_FIELD_LIMIT = 2**31 - 1  # csv's default limit (131,072 characters) would refuse a long review
+
+
+def decoded_lines(stream, where: str, encoding: str, on_bad=None):
+    """(line number, line with its "\\n") from a binary stream, decoded incrementally. An
+    undecodable line raises a PipelineError naming it, or, given `on_bad`, is passed to it
+    and skipped. A leading byte-order mark is dropped, as `decode` does."""
+    import codecs
+
+    try:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    except LookupError:
+        raise PipelineError(f"unknown encoding {encoding!r}; pass --encoding NAME (e.g. utf-8, latin-1, cp1252)") from None
+    number, pending, first = 0, "", True
+    for raw in stream:
+        try:
+            text = decoder.decode(raw)
+        except UnicodeDecodeError as exc:
+            message = f"{where}: line {number + 1} is not valid {encoding} ({exc.reason}); pass --encoding with the file's encoding (e.g. latin-1 or cp1252)"
+            if on_bad is None:
+                raise PipelineError(message) from None
+            on_bad(message)
+            decoder.reset()
+            number += raw.count(b"\n") or 1
+            pending = ""
+            continue
+        if first and text:
+            text, first = text.removeprefix("\ufeff"), False
+        pending += text
+        if "\n" in pending:
+            *lines, pending = pending.split("\n")
+            for line in lines:
+                number += 1
+                yield number, line + "\n"
+    try:
+        pending += decoder.decode(b"", final=True)
+    except UnicodeDecodeError as exc:
+        message = f"{where}: line {number + 1} is not valid {encoding} ({exc.reason}); pass --encoding with the file's encoding"
+        if on_bad is None:
+            raise PipelineError(message) from None
+        on_bad(message)
+        pending = ""
+    if pending:
+        yield number + 1, pending
+
+
+def stream_records(stream, where: str, fmt: str | None, column: str, encoding: str = "utf-8", on_bad=None):
+    """(line number, text) for each record of a binary stream: `column` of a CSV/TSV with a
+    header (fmt "csv"/"tsv"), `column` field of JSON Lines ("jsonl"), else one text per line
+    (an empty line is an empty text). A bad record raises a PipelineError with its line number,
+    or, given `on_bad(message)`, is reported to it and skipped."""
+
+    def bad(message: str) -> None:
+        if on_bad is None:
+            raise PipelineError(message)
+        on_bad(message)
+
+    lines = decoded_lines(stream, where, encoding, on_bad)
+    if fmt == "parquet":
+        raise PipelineError(f"{where}: Parquet is not streamed; pass CSV, TSV, JSON Lines or one text per line")
+    if fmt == "jsonl":
+        for number, line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad(f"{where}: line {number} is not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(record, dict):
+                bad(f"{where}: line {number} is not a JSON object")
+            elif not isinstance(record.get(column), str):
+                bad(f"{where}: line {number} has no string field {column!r}; pass --column NAME")
+            else:
+                yield number, record[column]
+        return
+    if fmt in ("csv", "tsv"):
+        csv.field_size_limit(STREAM_FIELD_LIMIT)
+        numbered = iter(lines)
+        current = [0]
+
+        def texts():
+            for number, line in numbered:
+                current[0] = number
+                yield line
+
+        reader = csv.reader(
+            texts(), delimiter="\t" if fmt == "tsv" else ",", quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL
+        )
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise PipelineError(f"{where}: the file is empty")
+            if column not in header:
+                raise PipelineError(f"{where} has no column {column!r} (columns: {', '.join(header) or 'none'}); pass --column NAME")
+            index, width = header.index(column), len(header)
+            while True:
+                start = current[0] + 1
+                try:
+                    row = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:
+                    bad(f"{where}: line {start} cannot be parsed as {fmt.upper()} ({exc})")
+                    continue
+                if not row:
+                    continue  # a blank line, which pandas skips too
+                if len(row) != width:
+                    bad(f"{where}: line {start} has {len(row)} fields, the header has {width}")
+                    continue
+                yield start, row[index]
+        except csv.Error as exc:
+            raise PipelineError(f"{where}: malformed {fmt.upper()} ({exc})") from None
+        return
+    for number, line in lines:
+        yield number, line.removesuffix("\n").removesuffix("\r")

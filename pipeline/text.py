@@ -21,6 +21,7 @@ from pipeline.errors import PipelineError
 PAD, UNK = "<pad>", "<unk>"
 PAD_ID, UNK_ID = 0, 1
 HTML_TAG = re.compile(r"<[^>]{1,40}>")
+MAX_LEXEMES = 200_000  # token types spaCy may cache in `Hasher.hash_bounded` before it starts afresh
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,15 @@ class Hasher:
         hashes = np.concatenate(pieces).astype(np.uint64, copy=False) if pieces else np.empty(0, np.uint64)
         return hashes, lengths
 
+    def hash_bounded(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`hash_batch` with spaCy's vocabulary kept bounded, for long-running inference: spaCy
+        caches every token type it meets, so a long stream of new words (numbers, names, typos)
+        would grow memory without end. Hashes depend on the token text only, so a fresh
+        tokenizer gives the same hashes. (Not for `tokenize`, which looks strings up later.)"""
+        if len(self.tokenizer.vocab) > MAX_LEXEMES:
+            self.tokenizer = make_tokenizer(self.settings.language)
+        return self.hash_batch(texts)
+
     def string(self, token_hash: int) -> str:
         return self.tokenizer.vocab.strings[token_hash]
 
@@ -157,11 +167,12 @@ class Workers:
     """Runs `task(hasher, texts)` over batches of texts in order, in-process (workers=1) or in a
     process pool with a bounded amount of work in flight. `task` must be a module-level function."""
 
-    def __init__(self, settings: TextSettings, workers: int, task: Callable[[Hasher, list[str]], object]):
+    def __init__(self, settings: TextSettings, workers: int, task: Callable[[Hasher, list[str]], object], always_pool: bool = False):
         self.settings, self.workers, self.task, self.pool = settings, workers, task, None
+        self.always_pool = always_pool  # a pool even of one process (a server: tokenizing beside the event loop)
 
     def __enter__(self) -> Workers:
-        if self.workers == 1:
+        if self.workers == 1 and not self.always_pool:
             _init_worker(self.settings)
         else:
             # forkserver: no fork of a threaded parent (pyarrow, ONNX Runtime), yet workers start
@@ -177,6 +188,11 @@ class Workers:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
+
+    def submit(self, texts: list[str]):
+        """Start `task` on one batch in the pool; returns an AsyncResult (`ready()`, `get()`)."""
+        assert self.pool is not None, "submit needs a pool (see __enter__)"
+        return self.pool.apply_async(_run_task, (self.task, texts))
 
     def map(self, batches: Iterable[list[str]]) -> Iterator:
         if self.pool is None:

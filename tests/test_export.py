@@ -187,9 +187,11 @@ def test_predict_input_errors(project, tmp_path):
     write_csv(tmp_path / "t.csv", [("x", "y")], header=("body", "label"))
     assert_user_error(predict("--file", str(tmp_path / "t.csv"), cwd=project), "no column 'text'", "body", "--column")
     (tmp_path / "t.jsonl").write_text('{"text": "fine"}\n[1, 2]\n')
-    assert_user_error(predict("--file", str(tmp_path / "t.jsonl"), cwd=project), "t.jsonl:2", "text")
-    (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1"))
-    assert_user_error(predict("--file", str(tmp_path / "latin.txt"), cwd=project), "latin.txt", "UTF-8")
+    assert_user_error(predict("--file", str(tmp_path / "t.jsonl"), cwd=project), "t.jsonl: line 2", "not a JSON object")
+    (tmp_path / "latin.txt").write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    assert_user_error(predict("--file", str(tmp_path / "latin.txt"), cwd=project), "latin.txt: line 2", "utf-8", "--encoding")
+    latin = records(predict("--file", str(tmp_path / "latin.txt"), "--encoding", "latin-1", cwd=project))
+    assert [r["text"] for r in latin] == ["fine", "café"]
     assert_user_error(predict("--file", str(tmp_path / "t.csv"), "a text", cwd=project), "not both")
 
 
@@ -199,3 +201,89 @@ def test_export_errors_leave_the_previous_bundle(project, tmp_path):
     assert_user_error(run_cli("export", "--raw", str(tmp_path), cwd=project), "test.parquet")
     assert sha256_of(project / "models" / "export" / "manifest.json") == before
     assert Bundle.load(project / "models" / "export").labels == ["neg", "pos"]
+
+
+def _negated_output(source: Path, target: Path) -> Path:
+    """A deliberately broken graph: the model's logits, negated (every argmax flips)."""
+    graph = onnx.load(str(source))
+    name = graph.graph.output[0].name
+    for node in graph.graph.node:
+        node.output[:] = [f"{name}_raw" if out == name else out for out in node.output]
+    graph.graph.node.append(onnx.helper.make_node("Neg", [f"{name}_raw"], [name]))
+    onnx.save(graph, str(target))
+    return target
+
+
+def _scaled_table(source: Path, target: Path, factor: float) -> Path:
+    """A deliberately broken graph: the largest float weight (the embedding table) scaled."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(source))
+    floats = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT]
+    table = max(floats, key=lambda t: int(np.prod(t.dims)))
+    table.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(table) * np.float32(factor), table.name))
+    onnx.save(graph, str(target))
+    return target
+
+
+def test_the_export_gate_fails_on_broken_graphs(project, tmp_path):
+    from pipeline.engine import load_scoring_inputs, model_from_checkpoint
+    from pipeline.errors import PipelineError
+    from pipeline.export import check_gate
+
+    bundle = project / "models" / "export"
+    checkpoint, _, test, _ = load_scoring_inputs(project / "models" / "train" / "best.pt", project / "data" / "processed",
+                                                 project / "data" / "raw" / "test.parquet")
+    model = model_from_checkpoint(checkpoint)
+    config = parse_params({"export": FAST_EXPORT}).export
+    fp32, int8 = onnx_session(bundle / "model.onnx"), onnx_session(bundle / "model.int8.onnx")
+    passed = check_gate(model, test, fp32, int8, config)  # the real bundle passes
+    assert passed["fp32_diff"] <= config.max_abs_diff
+
+    scaled = onnx_session(_scaled_table(bundle / "model.onnx", tmp_path / "scaled.onnx", 1.5))
+    with pytest.raises(PipelineError, match=r"ONNX fp32 logits differ from PyTorch's by up to .*export.max_abs_diff 0.001"):
+        check_gate(model, test, scaled, int8, config)
+    negated = onnx_session(_negated_output(bundle / "model.onnx", tmp_path / "negated.onnx"))
+    loose = parse_params({"export": {**FAST_EXPORT, "max_abs_diff": 1e6}}).export
+    with pytest.raises(PipelineError, match=r"ONNX fp32 predicts another class than PyTorch for \d+ inputs"):
+        check_gate(model, test, negated, int8, loose)  # within the tolerance, but the classes differ
+    with pytest.raises(PipelineError, match=r"int8 test accuracy .* points below PyTorch's .*export.max_int8_drop 0.01"):
+        check_gate(model, test, fp32, negated, config)  # a broken int8 graph
+    check_gate(model, test, fp32, negated, parse_params({"export": {**FAST_EXPORT, "max_int8_drop": 1}}).export)
+
+
+def test_the_export_stage_is_gated_and_replaces_nothing(project, tmp_path):
+    import shutil
+
+    import yaml
+
+    diff = json.loads((project / "reports" / "export.json").read_text())["onnx_fp32_max_abs_diff"]
+    assert diff > 0  # fp32 rounding differs between the engines, so a tolerance below it must fail the stage
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["export"]["max_abs_diff"] = diff / 2
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    out = Path(shutil.copytree(project / "models" / "export", tmp_path / "export"))
+    before = {p.name: sha256_of(p) for p in out.iterdir()}
+    result = run_cli("export", "--params", str(tmp_path / "params.yaml"), "--out", str(out), "--report", str(tmp_path / "r.json"),
+                     "--runtime", str(tmp_path / "rt.json"), cwd=project)
+    assert_user_error(result, "export gate", "export.max_abs_diff", "not replaced")
+    assert {p.name: sha256_of(p) for p in out.iterdir()} == before
+    assert not (tmp_path / "r.json").exists() and not list(tmp_path.glob(".export.*"))
+
+
+def test_the_bundle_records_its_tokenizer(project, bundle_copy, tmp_path):
+    import spacy
+
+    manifest = json.loads((bundle_copy / MANIFEST).read_text())
+    record = manifest["tokenizer"]
+    assert record["spacy"] == spacy.__version__ and "https://example.com" in record["probe"] and len(record["probe_ids"]) > 50
+    assert len(set(record["probe_ids"]) - {1}) > 20  # vocabulary words in the probe: the ids say something
+
+    manifest["tokenizer"]["spacy"] = "3.7.0"  # exported under another version, same ids: a warning
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    result = predict("--bundle", str(bundle_copy), "great fun", cwd=tmp_path)
+    assert records(result) and "warning:" in result.stderr and "spaCy 3.7.0" in result.stderr
+
+    manifest["tokenizer"]["probe_ids"][5] += 1  # the installed spaCy would give other ids: refused
+    (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
+    assert_user_error(predict("--bundle", str(bundle_copy), "great fun", cwd=tmp_path), "tokenizes text differently", "spacy==3.7.0")
