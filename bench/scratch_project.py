@@ -3,6 +3,7 @@ copied into a temporary git repo, with `download.source` (and any other param) s
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -16,8 +17,10 @@ DVC = str(Path(sys.executable).parent / "dvc")
 
 
 def run(*args: str, cwd: Path) -> str:
-    """Run a command; stop the benchmark with its output if it fails."""
-    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    """Run a command (with this interpreter's environment first on PATH, so that the stages'
+    `python -m pipeline` is this one); stop the benchmark with its output if it fails."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
     if result.returncode:
         sys.exit(f"{' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
     return result.stdout

@@ -16,10 +16,13 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from pipeline.errors import PipelineError, clip, listed
 from pipeline.params import SplitNames
+
+if TYPE_CHECKING:  # pandas loads only where a table is read: predict streams without it (~90 MB less)
+    import pandas as pd
 
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 VALIDATION_ALIASES = ("validation", "valid", "val", "dev")
@@ -51,6 +54,8 @@ def read_table(
     path: Path, encoding: str = "utf-8", column_names: list[str] | None = None, name_of: NameOf = str
 ) -> pd.DataFrame:
     """Read one table file; every column comes back as strings except in Parquet."""
+    import pandas as pd
+
     name = name_of(path)
     fmt = table_format(path)
     if fmt is None:
@@ -96,6 +101,8 @@ def read_table(
 
 
 def _read_jsonl(name: str, text: str) -> pd.DataFrame:
+    import pandas as pd
+
     records = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -159,6 +166,8 @@ def tree_splits(folder: Path) -> dict[str, Path]:
 def read_tree(split_dirs: dict[str, Path], encoding: str, name_of: NameOf = str) -> dict[str, pd.DataFrame]:
     """Read <split>/<label>/*.txt; label folders are those present in every split
     (so IMDB's train/unsup, which has no test counterpart, is left out)."""
+    import pandas as pd
+
     label_sets = [
         {label.name for label in folder.iterdir() if label.is_dir() and any(label.glob("*.txt"))}
         for folder in split_dirs.values()

@@ -34,7 +34,7 @@ def test_light_install_predicts_without_torch(project, tmp_path):
     def run(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([python, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
-    missing = run("-c", "import importlib.util as u; print([m for m in ('torch', 'dvc', 'onnx', 'sklearn', 'pyarrow') if u.find_spec(m)])")
+    missing = run("-c", "import importlib.util as u; print([m for m in ('torch', 'dvc', 'onnx', 'sklearn', 'pyarrow', 'pandas') if u.find_spec(m)])")
     assert missing.stdout.strip() == "[]", missing.stdout + missing.stderr
     assert run("-c", "import torch").returncode != 0
 
@@ -42,6 +42,10 @@ def test_light_install_predicts_without_torch(project, tmp_path):
     assert result.returncode == 0, result.stderr
     labels = [json.loads(line)["label"] for line in result.stdout.splitlines()]
     assert labels == ["pos", "neg"]
+    (tmp_path / "reviews.csv").write_text("id,review\n1,great fun\n2,dreadful mess\n", encoding="utf-8")
+    from_file = run("-m", "pipeline", "predict", "--bundle", str(project / "models" / "export"), "--file", "reviews.csv", "--column", "review")
+    assert from_file.returncode == 0, from_file.stderr  # files are read without pandas
+    assert [json.loads(line)["label"] for line in from_file.stdout.splitlines()] == ["pos", "neg"]
     served = run("-c", "import pathlib, pipeline.torchless; from pipeline.serve import create_app; "
                        f"create_app(pathlib.Path({str(project / 'models' / 'export')!r})); print('ok')")
     assert served.stdout.strip() == "ok", served.stderr
