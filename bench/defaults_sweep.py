@@ -58,6 +58,10 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     "ep30-acc-d64": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "model.embed_dim": 64},
     "ep30-acc-drop5": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "model.dropout": 0.5},
     "ep30-acc-d64-drop5": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "model.embed_dim": 64, "model.dropout": 0.5},
+    "ep30-acc-ngram1": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "model.bag.ngram": 1},
+    "ep30-acc-bs32": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.batch_size": 32},
+    "ep30-acc-pat5": {"train.max_epochs": 30, "train.patience": 5, "train.monitor": "accuracy"},
+    "ep30-ls1": {"train.max_epochs": 30, "train.monitor": "loss", "train.label_smoothing": 0.1},
     "ep30-acc-ls1": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.label_smoothing": 0.1},
 }
 
