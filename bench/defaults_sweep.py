@@ -62,6 +62,7 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     "ep30-acc-bs32": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.batch_size": 32},
     "ep30-acc-pat5": {"train.max_epochs": 30, "train.patience": 5, "train.monitor": "accuracy"},
     "ep30-ls1": {"train.max_epochs": 30, "train.monitor": "loss", "train.label_smoothing": 0.1},
+    "ep30-acc-md2": {"train.max_epochs": 30, "train.monitor": "accuracy", "train.min_delta": 0.002},
     "ep30-acc-ls1": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.label_smoothing": 0.1},
 }
 
