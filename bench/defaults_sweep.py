@@ -48,7 +48,7 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     # the defaults before issue 11, spelled out so that they stay comparable after the change
     "old": {"train.max_epochs": 5, "train.patience": 2, "train.monitor": "loss", "train.lr": 0.01,
             "train.schedule": "linear", "train.warmup": 0.05, "model.embed_dim": 32, "model.dropout": 0.2,
-            "train.weight_decay": 0.01},
+            "train.weight_decay": 0.01, "train.min_delta": 0.0},
     # a longer budget with early stopping doing the stopping
     "ep30": {"train.max_epochs": 30, "train.patience": 3},
     "ep30-acc": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy"},
