@@ -231,7 +231,7 @@ class TrainParams(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
     batch_size: int = Field(default=64, ge=1)  # documents per optimizer step (before accumulation)
     accumulate: int = Field(default=1, ge=1)  # batches per optimizer step
-    max_epochs: int = Field(default=5, ge=1)
+    max_epochs: int = Field(default=30, ge=1)  # a cap, not a budget: early stopping ends runs (5 left small data undertrained)
     lr: float = Field(default=0.01, gt=0)  # peak learning rate
     weight_decay: float = Field(default=0.01, ge=0)  # AdamW, on dense weight matrices only
     warmup: float = Field(default=0.05, ge=0, lt=1)  # share of all steps spent warming up linearly
@@ -239,10 +239,10 @@ class TrainParams(Section):
     clip_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; null: off
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     eval_every: int | None = Field(default=None, ge=1)  # validate every N optimizer steps; null: every epoch
-    monitor: Literal["loss", "accuracy", "macro_f1"] = "loss"  # validation metric for the best checkpoint (loss: least noisy)
+    monitor: Literal["loss", "accuracy", "macro_f1"] = "accuracy"  # validation metric for the best checkpoint and early stopping (loss rises from over-confidence while accuracy still improves)
     mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max otherwise
     patience: int = Field(default=2, ge=0)  # validations without improvement before stopping
-    min_delta: float = Field(default=0.0, ge=0)  # smaller changes do not count as improvement
+    min_delta: float = Field(default=0.002, ge=0)  # smaller changes do not count as improvement (0.2 point of accuracy: a few validation texts, noise)
     workers: int | None = Field(default=None, ge=0)  # batch-building processes; null: 0 on CPU, 4 on CUDA
     compile: bool = False  # torch.compile the model (slow to start, faster on GPU)
     threads: int | None = Field(default=None, ge=1)  # CPU threads for torch; null: every core

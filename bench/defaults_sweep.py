@@ -1,0 +1,158 @@
+"""Training defaults vs. the linear baseline on several datasets (issue 11).
+
+    PYTHONPATH=. python bench/defaults_sweep.py [--datasets imdb-2k ag ag-2k imdb]
+        [--configs old new ...] [--seeds 0 1] [--work /tmp/sweep] [--results bench/defaults_sweep.jsonl]
+
+For each dataset the real stages run once and are cached under --work/<dataset>/ (download,
+tokenize, baseline); then for each config and seed the real train and evaluate stages run.
+A config is a dict of dotted param overrides on top of `Params()`, the shipped defaults, with
+no per-dataset setting but the data format's. One JSON line per (dataset, config, seed) is
+appended to --results, and a markdown table of test accuracy is printed at the end.
+Lean on purpose: 2 threads, one training at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.params import Params  # noqa: E402
+
+# The stages are imported where they run: tokenize's worker processes re-import this script
+# and must not load torch.
+
+SHARED = Path("/work/shared/data")
+AG_NEWS = {
+    "source": str(SHARED / "ag_news/test.csv"),
+    "column_names": ["label", "title", "description"],
+    "text_columns": ["title", "description"],
+    "label_names": {1: "World", 2: "Sports", 3: "Business", 4: "Sci/Tech"},
+    "test_fraction": 0.2,
+}
+IMDB = {"source": str(SHARED / "imdb/aclImdb.tar.gz")}
+DATASETS = {  # download params only: what the data format needs, nothing tuned
+    "imdb": IMDB,
+    "imdb-2k": {**IMDB, "max_rows": 2000},
+    "ag": AG_NEWS,
+    "ag-2k": {**AG_NEWS, "max_rows": 2000},
+}
+
+CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the defaults of the checkout
+    "shipped": {},
+    # the defaults before issue 11, spelled out so that they stay comparable after the change
+    "old": {"train.max_epochs": 5, "train.patience": 2, "train.monitor": "loss", "train.lr": 0.01,
+            "train.schedule": "linear", "train.warmup": 0.05, "model.embed_dim": 32, "model.dropout": 0.2,
+            "train.weight_decay": 0.01, "train.min_delta": 0.0},
+    # a longer budget with early stopping doing the stopping
+    "ep30": {"train.max_epochs": 30, "train.patience": 3},
+    "ep30-acc": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy"},
+    "ep30-acc-const": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.schedule": "constant"},
+    "ep30-acc-lr3e-3": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.lr": 0.003},
+    "ep30-acc-lr3e-2": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.lr": 0.03},
+    "ep30-acc-d64": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "model.embed_dim": 64},
+    "ep30-acc-drop5": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "model.dropout": 0.5},
+    "ep30-acc-d64-drop5": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "model.embed_dim": 64, "model.dropout": 0.5},
+    "ep30-acc-ngram1": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "model.bag.ngram": 1},
+    "ep30-acc-bs32": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.batch_size": 32},
+    "ep30-acc-pat5": {"train.max_epochs": 30, "train.patience": 5, "train.monitor": "accuracy"},
+    "ep30-ls1": {"train.max_epochs": 30, "train.monitor": "loss", "train.label_smoothing": 0.1},
+    "ep30-acc-md2": {"train.max_epochs": 30, "train.monitor": "accuracy", "train.min_delta": 0.002},
+    "ep30-acc-ls1": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy", "train.label_smoothing": 0.1},
+}
+
+
+def override(params: Params, dotted: dict) -> Params:
+    data = params.model_dump()
+    for key, value in dotted.items():
+        *path, leaf = key.split(".")
+        node = data
+        for part in path:
+            node = node[part]
+        if leaf not in node:
+            raise KeyError(f"unknown param {key}")
+        node[leaf] = value
+    return Params.model_validate(data)
+
+
+def prepare(name: str, work: Path) -> tuple[Path, dict]:
+    """Download, tokenize and baseline once per dataset; cached in work/<name>."""
+    from pipeline.baseline import run_baseline
+    from pipeline.download import run_download
+    from pipeline.tokenizing import run_tokenize
+
+    folder = work / name
+    done = folder / "prepared.json"
+    if done.is_file():
+        return folder, json.loads(done.read_text())
+    params = override(Params(), {**{f"download.{k}": v for k, v in DATASETS[name].items()}, "tokenize.workers": 2})
+    data = run_download(params.download, folder / "raw", folder / "data.json")
+    tokens = run_tokenize(params.tokenize, folder / "raw", folder / "processed", folder / "tokenize.json", progress=False)
+    baseline = run_baseline(params.baseline, params.tokenize.language, folder / "raw", folder / "baseline.json")
+    info = {"rows": {split: data[split]["rows"] for split in ("train", "validation", "test")},
+            "vocab": tokens["vocab_size"], "baseline": baseline}
+    done.write_text(json.dumps(info))
+    return folder, info
+
+
+def train_and_evaluate(folder: Path, overrides: dict, seed: int) -> dict:
+    from pipeline.evaluate import run_evaluate
+    from pipeline.train import run_train
+
+    params = override(Params(), {**overrides, "train.seed": seed, "train.threads": 2})
+    run = folder / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    trained = run_train(params, folder / "processed", run / "model", run / "train.json", run / "live", run / "resume", progress=False)
+    scores = run_evaluate(params, run / "model" / "best.pt", folder / "processed", folder / "raw" / "test.parquet",
+                          run / "metrics.json", run / "confusion.csv", run / "errors.csv")
+    return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "best_epoch": trained["best_epoch"],
+            "epochs": trained["epochs"], "steps": trained["steps"], "train_seconds": trained["wall_seconds"]}
+
+
+def table(rows: list[dict]) -> str:
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    lines = ["| dataset | baseline | " + " | ".join(configs) + " |", "|---|---|" + "---|" * len(configs)]
+    for d in datasets:
+        mine = [r for r in rows if r["dataset"] == d]
+        cells = []
+        for c in configs:
+            accs = [f"{r['accuracy']:.4f}" for r in mine if r["config"] == c]
+            cells.append(" / ".join(accs) or "")
+        lines.append(f"| {d} | {mine[0]['baseline_accuracy']:.4f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=["imdb-2k", "ag", "ag-2k"], choices=list(DATASETS))
+    parser.add_argument("--configs", nargs="+", default=["old", "shipped"], choices=list(CONFIGS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--work", type=Path, default=Path("/tmp/sweep"))
+    parser.add_argument("--results", type=Path, default=Path("bench/defaults_sweep.jsonl"))
+    args = parser.parse_args()
+
+    rows = []
+    for dataset in args.datasets:
+        folder, info = prepare(dataset, args.work)
+        for config in args.configs:
+            for seed in args.seeds:
+                started = time.perf_counter()
+                result = train_and_evaluate(folder, CONFIGS[config], seed)
+                row = {"dataset": dataset, "config": config, "seed": seed, **result,
+                       "baseline_accuracy": info["baseline"]["accuracy"], "baseline_macro_f1": info["baseline"]["macro_f1"],
+                       "rows": info["rows"], "overrides": CONFIGS[config], "seconds": round(time.perf_counter() - started, 1)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                with args.results.open("a") as handle:
+                    handle.write(json.dumps(row) + "\n")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
