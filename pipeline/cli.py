@@ -109,12 +109,12 @@ def train(
     With `train.devices` > 1, runs itself in that many processes under torchrun (DDP)."""
     with reported_errors():
         from pipeline.batching import read_labels
-        from pipeline.distributed import launch, launched, World
+        from pipeline.distributed import World, launch, should_launch
         from pipeline.params import load_params
         from pipeline.train import run_train
 
         config = load_params(params)
-        if config.train.devices > 1 and not launched():
+        if should_launch(config.train.devices):
             read_labels(data)  # a missing tokenize output is one error here, not one per process
             argv = ["train", "--params", str(params), "--data", str(data), "--out", str(out), "--report", str(report)]
             argv += ["--live", str(live), "--resume-dir", str(resume_dir), "--runtime", str(runtime)]
@@ -123,7 +123,7 @@ def train(
             code = launch(config.train.devices, argv)
             if code:
                 raise PipelineError(
-                    f"training in {config.train.devices} processes failed (torchrun exit code {code}); "
+                    f"training in {config.train.devices} processes per machine failed (torchrun exit code {code}); "
                     "the processes' own errors are above"
                 )
             return

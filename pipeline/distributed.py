@@ -36,6 +36,12 @@ def launched() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
+def should_launch(devices: int) -> bool:
+    """True when this command must start itself under torchrun: not launched yet, and more than
+    one process asked for here or a multi-node rendezvous set in the environment."""
+    return not launched() and (devices > 1 or any(name in os.environ for name in MULTI_NODE_ENV))
+
+
 def launch(devices: int, argv: list[str]) -> int:
     """Run `python -m pipeline <argv>` in `devices` processes under torch.distributed.run and
     wait; returns its exit code. On one machine a standalone rendezvous on a free port; with

@@ -50,7 +50,6 @@ from pipeline.engine import (
     batch_loader,
     load_checkpoint,
     predict_logits,
-    resolve_device,
     resolve_precision,
     save_checkpoint,
     to_device,

@@ -62,7 +62,7 @@ def test_two_processes_train_resume_and_write_once(processed, tmp_path):  # noqa
     cut.mkdir()
     killed = train_cli(cut, processed, "--stop-after-steps", "12", **DDP)
     assert killed.returncode == 1 and "SimulatedKill" in killed.stderr
-    assert "training in 2 processes failed" in killed.stderr.strip().splitlines()[-1]
+    assert "training in 2 processes per machine failed" in killed.stderr.strip().splitlines()[-1]
     state = load_checkpoint(cut / "models" / ".train-resume" / "last.pt")
     assert state["progress"]["step"] == 10 and state["progress"]["batch"] > 0 and len(state["rng"]) == 2
     resumed = train_cli(cut, processed, **DDP)
