@@ -187,7 +187,8 @@ def test_exp_run_trains_in_two_processes(project):
     assert runtime["processes"] == 2
     rows = (project / "reports" / "train" / "plots" / "metrics" / "validation" / "accuracy.tsv").read_text().splitlines()
     assert len(rows) == 1 + 2  # one row per epoch, written once
-    shown = experiments(project)["ddp"]
-    assert shown["params"]["train"]["devices"] == 2
-    assert 0 <= shown["metrics"]["reports/train.json"]["best_validation"] < 1  # the validation loss
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["devices"] == 2
+    report = json.loads((project / "reports" / "train.json").read_text())
+    assert 0 <= report["best_validation"] < 1 and report["epochs"] == 2  # the validation loss
+    assert "ddp" in sh("dvc", "exp", "show", "--csv", cwd=project)
     assert not (project / "models" / ".train-resume").exists()
