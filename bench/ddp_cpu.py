@@ -3,7 +3,8 @@
     python bench/ddp_cpu.py [--source ../shared/data/ag_news/test.csv] [--set train.max_epochs=5 ...]
 
 Copies the pipeline (default params) into a temporary git repo with AG News's test.csv as the
-source (split 80/20 for training and testing), runs `dvc repro` (train.devices 1) and commits,
+source (split 80/20 for training and testing), runs `dvc exp run` (train.devices 1, and the
+--set overrides) and commits,
 then `dvc exp run -S train.devices=2`: the acceptance command. Prints, for each, the train
 stage's samples/s (training steps only), wall time, validation and test accuracy; the test
 accuracy of the 2-process run must be within 1 point of the 1-process run's.
@@ -56,10 +57,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = make_project(Path(tmp), args.source, download=DOWNLOAD, export={"latency_runs": 20, "throughput_batches": 2})
         overrides = [flag for item in args.set for flag in ("-S", item)]
-        if overrides:
-            run(DVC, "exp", "run", *overrides, cwd=root)
-        else:
-            run(DVC, "repro", cwd=root)
+        commit(root, "project")  # dvc exp run needs a commit
+        run(DVC, "exp", "run", *overrides, cwd=root)
         one = summary(root)
         commit(root, "1 process")
         started = time.perf_counter()
