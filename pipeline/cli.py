@@ -103,13 +103,33 @@ def train(
     live: Annotated[Path, typer.Option(help="DVCLive folder for the training curves.")] = paths.TRAIN_LIVE,
     resume_dir: Annotated[Path, typer.Option(help="Resume state, kept until the run completes.")] = paths.TRAIN_RESUME,
     runtime: RuntimeFile = paths.TRAIN_RUNTIME,
+    stop_after_steps: Annotated[int | None, typer.Option(hidden=True, help="Tests: fail as a kill would after this many steps.")] = None,
 ) -> None:
-    """Train `model.arch` with the `train` params; resumes an interrupted run with the same params."""
+    """Train `model.arch` with the `train` params; resumes an interrupted run with the same params.
+    With `train.devices` > 1, runs itself in that many processes under torchrun (DDP)."""
     with reported_errors():
+        from pipeline.batching import read_labels
+        from pipeline.distributed import World, launch, should_launch
         from pipeline.params import load_params
         from pipeline.train import run_train
 
-        result = run_train(load_params(params), data, out, report, live, resume_dir, runtime_path=runtime)
+        config = load_params(params)
+        if should_launch(config.train.devices):
+            read_labels(data)  # a missing tokenize output is one error here, not one per process
+            argv = ["train", "--params", str(params), "--data", str(data), "--out", str(out), "--report", str(report)]
+            argv += ["--live", str(live), "--resume-dir", str(resume_dir), "--runtime", str(runtime)]
+            if stop_after_steps is not None:
+                argv += ["--stop-after-steps", str(stop_after_steps)]
+            code = launch(config.train.devices, argv)
+            if code:
+                raise PipelineError(
+                    f"training in {config.train.devices} processes per machine failed (torchrun exit code {code}); "
+                    "the processes' own errors are above"
+                )
+            return
+        result = run_train(config, data, out, report, live, resume_dir, runtime_path=runtime, stop_after_steps=stop_after_steps)
+        if not World.from_env().main:
+            return
         typer.echo(
             f"train: best validation {result['monitor']} {result['best_validation']:.4f} at epoch {result['best_epoch']:g}; "
             f"{result['epochs']:g} epochs in {result['wall_seconds']:.0f} s, {result['samples_per_second']:,.0f} samples/s "

@@ -105,18 +105,22 @@ def predict_logits(
     device: torch.device,
     precision: str = "fp32",
     workers: int = 0,
+    subset: np.ndarray | None = None,
 ) -> np.ndarray:
-    """float32 logits (documents, classes) in the split's order."""
+    """float32 logits (documents, classes) in the split's order; with `subset` (document
+    indices), of those documents only, in that order (a process's shard)."""
     was_training = model.training
     model.eval()
-    batches = length_grouped_batches(split.lengths, batch_size)
-    logits = np.zeros((len(split), 0), dtype=np.float32)
-    for indices, (ids, lengths, _) in zip(batches, batch_loader(split, batches, device, workers)):
+    subset = np.arange(len(split)) if subset is None else subset
+    rows = length_grouped_batches(split.lengths[subset], batch_size)  # positions in subset
+    batches = [subset[r] for r in rows]
+    logits = np.zeros((len(subset), 0), dtype=np.float32)
+    for indices, (ids, lengths, _) in zip(rows, batch_loader(split, batches, device, workers)):
         ids, lengths = to_device((ids, lengths), device)
         with autocast(device, precision):
             out = model(ids, lengths).float().cpu().numpy()
         if logits.shape[1] == 0:
-            logits = np.zeros((len(split), out.shape[1]), dtype=np.float32)
+            logits = np.zeros((len(logits), out.shape[1]), dtype=np.float32)
         logits[indices] = out
     model.train(was_training)
     return logits

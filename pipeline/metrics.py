@@ -23,12 +23,20 @@ def per_class_scores(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nda
     return precision, recall, f1
 
 
-def cross_entropy(logits: np.ndarray, actual: np.ndarray) -> float:
-    """Mean negative log-likelihood of the true class, computed stably in float64."""
+def log_loss_sum(logits: np.ndarray, actual: np.ndarray) -> float:
+    """Summed negative log-likelihood of the true class, computed stably in float64 (sums
+    from several shards add up to the whole's)."""
+    if not len(actual):
+        return 0.0
     logits = logits.astype(np.float64)
     shifted = logits - logits.max(1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
-    return float(-log_probs[np.arange(len(actual)), actual].mean()) if len(actual) else 0.0
+    return float(-log_probs[np.arange(len(actual)), actual].sum())
+
+
+def cross_entropy(logits: np.ndarray, actual: np.ndarray) -> float:
+    """Mean negative log-likelihood of the true class."""
+    return log_loss_sum(logits, actual) / len(actual) if len(actual) else 0.0
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,12 +48,19 @@ def classification_metrics(logits: np.ndarray, actual: np.ndarray, labels: list[
     """accuracy, macro_f1 (every class weighted equally), loss, documents, then
     <class>_precision, <class>_recall and <class>_f1 for every class: flat keys."""
     counts = confusion_matrix(actual, logits.argmax(1), len(labels))
+    return metrics_from_counts(counts, cross_entropy(logits, actual), labels)
+
+
+def metrics_from_counts(counts: np.ndarray, loss: float, labels: list[str]) -> dict[str, float]:
+    """classification_metrics from a confusion matrix and the mean loss (what sharded
+    validation sums over processes)."""
     precision, recall, f1 = per_class_scores(counts)
+    documents = int(counts.sum())
     metrics: dict[str, float] = {
-        "accuracy": float(np.trace(counts) / max(len(actual), 1)),
+        "accuracy": float(np.trace(counts) / max(documents, 1)),
         "macro_f1": float(f1.mean()),
-        "loss": cross_entropy(logits, actual),
-        "documents": int(len(actual)),
+        "loss": loss,
+        "documents": documents,
     }
     for i, name in enumerate(labels):
         metrics[f"{name}_precision"] = float(precision[i])

@@ -228,8 +228,9 @@ class ModelParams(Section):
 class TrainParams(Section):
     seed: Seed = 0  # weights, dropout and batch order; the same seed gives the same metrics on CPU
     device: Device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
+    devices: int = Field(default=1, ge=1)  # processes on this machine; >1: DDP through torchrun (a GPU each, or CPU with gloo)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    batch_size: int = Field(default=64, ge=1)  # documents per optimizer step (before accumulation)
+    batch_size: int = Field(default=64, ge=1)  # documents per optimizer step (before accumulation), over all processes
     accumulate: int = Field(default=1, ge=1)  # batches per optimizer step
     max_epochs: int = Field(default=30, ge=1)  # a cap, not a budget: early stopping ends runs (5 left small data undertrained)
     lr: float = Field(default=0.01, gt=0)  # peak learning rate
@@ -245,7 +246,7 @@ class TrainParams(Section):
     min_delta: float = Field(default=0.002, ge=0)  # smaller changes do not count as improvement (0.2 point of accuracy: a few validation texts, noise)
     workers: int | None = Field(default=None, ge=0)  # batch-building processes; null: 0 on CPU, 4 on CUDA
     compile: bool = False  # torch.compile the model (slow to start, faster on GPU)
-    threads: int | None = Field(default=None, ge=1)  # CPU threads for torch; null: every core
+    threads: int | None = Field(default=None, ge=1)  # CPU threads for torch, per process; null: every core (shared by the processes)
     tensorboard: bool = False  # also write the curves as TensorBoard event files in reports/train/tensorboard
 
 

@@ -173,3 +173,22 @@ def test_bad_params_in_exp_run_name_the_key(project):
     assert "train.lrr: unknown key" in failing("-S", "+train.lrr=0.1")  # added anyway: our validation names it
     sh("git", "checkout", "params.yaml", cwd=project)  # a failed run leaves its params in the workspace
     assert "train.lr: Input should be a valid number (got 'fast')" in failing("-S", "train.lr=fast")
+
+
+def test_exp_run_trains_in_two_processes(project):
+    """`dvc exp run -S train.devices=2`: the stage starts itself under torchrun (gloo on CPU)."""
+    set_param(project, "train", "max_epochs", 2)
+    set_param(project, "train", "threads", 1)
+    commit_run(project, "two epochs")
+    output = sh("dvc", "exp", "run", "-n", "ddp", "-S", "train.devices=2", "train", cwd=project)
+    assert ran(output) == ["download", "tokenize", "train"]
+    assert output.count("train: best validation") == 1  # rank 0 alone reports
+    runtime = json.loads((project / "reports" / "runtime" / "train.json").read_text())
+    assert runtime["processes"] == 2
+    rows = (project / "reports" / "train" / "plots" / "metrics" / "validation" / "accuracy.tsv").read_text().splitlines()
+    assert len(rows) == 1 + 2  # one row per epoch, written once
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["devices"] == 2
+    report = json.loads((project / "reports" / "train.json").read_text())
+    assert 0 <= report["best_validation"] < 1 and report["epochs"] == 2  # the validation loss
+    assert "ddp" in sh("dvc", "exp", "show", "--csv", cwd=project)
+    assert not (project / "models" / ".train-resume").exists()
