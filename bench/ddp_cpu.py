@@ -43,7 +43,7 @@ def summary(root: Path) -> dict:
         "samples_per_second": runtime["samples_per_second"],
         "train_seconds": runtime["train_seconds"],
         "epochs": train["epochs"],
-        "best_validation_loss": round(train["best_validation"], 4),
+        "best_validation": round(train["best_validation"], 4),
         "test_accuracy": round(metrics["accuracy"], 4),
     }
 
