@@ -44,7 +44,7 @@ import torch
 from torch import nn
 
 from pipeline.batching import TokenizedSplit, length_grouped_batches, read_labels, read_vocab_size
-from pipeline.distributed import World, join, shard
+from pipeline.distributed import join, shard
 from pipeline.engine import (
     autocast,
     batch_loader,
@@ -276,228 +276,209 @@ def run_train(
     after that many steps, on every rank, leaving the resume state as a kill would (tests use it)."""
     config = params.train
     world, device = join(config.device)
-    try:
-        return _train(params, processed, out_dir, report_path, live_dir, resume_dir, runtime_path, progress, stop_after_steps, world, device)
-    finally:
-        world.close()
+    with contextlib.closing(world):  # leaves the process group however training ends
+        precision = resolve_precision(config.precision, device)
+        if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise PipelineError("this GPU does not support bf16; set train.precision to fp32")
+        # processes on one machine share its cores
+        torch.set_num_threads(config.threads or max(available_cores() // world.local_size, 1))
+        torch.manual_seed(config.seed + world.rank)  # rank 0 draws the initial weights (DDP copies them); dropout differs per rank
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
 
+        labels = read_labels(processed)
+        train, validation = TokenizedSplit(processed / "train"), TokenizedSplit(processed / "validation")
+        _check_data(train, validation, labels)
+        vocab_size = read_vocab_size(processed)
+        text_settings = read_json(processed / "text.json", "rerun the tokenize stage")
+        console = Console(progress if world.main else False)
+        say = console.line if world.main else (lambda text: None)
 
-def _train(
-    params: Params,
-    processed: Path,
-    out_dir: Path,
-    report_path: Path,
-    live_dir: Path,
-    resume_dir: Path,
-    runtime_path: Path | None,
-    progress: bool | None,
-    stop_after_steps: int | None,
-    world: World,
-    device: torch.device,
-) -> dict[str, Any]:
-    config = params.train
-    precision = resolve_precision(config.precision, device)
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise PipelineError("this GPU does not support bf16; set train.precision to fp32")
-    # processes on one machine share its cores
-    torch.set_num_threads(config.threads or max(available_cores() // world.local_size, 1))
-    torch.manual_seed(config.seed + world.rank)  # rank 0 draws the initial weights (DDP copies them); dropout differs per rank
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        model = build_model(params.model, vocab_size, len(labels)).to(device)
+        if world.backend == "nccl" and _dense_embeddings(model):
+            say("train: NCCL cannot all-reduce sparse gradients; the sparse embedding tables train dense (AdamW) in this run")
+        optimizers = make_optimizers(model, config)
+        mode = config.mode if config.mode != "auto" else ("min" if config.monitor == "loss" else "max")
+        tracker = Tracker(config.monitor, mode, config.patience, config.min_delta)
+        state = Progress()
+        run_id = fingerprint(params, processed, world.size)
 
-    labels = read_labels(processed)
-    train, validation = TokenizedSplit(processed / "train"), TokenizedSplit(processed / "validation")
-    _check_data(train, validation, labels)
-    vocab_size = read_vocab_size(processed)
-    text_settings = read_json(processed / "text.json", "rerun the tokenize stage")
-    console = Console(progress if world.main else False)
-    say = console.line if world.main else (lambda text: None)
+        resume_path = resume_dir / "last.pt"
+        saved = None  # rank 0 reads the resume state and hands it to the others (other machines may not have the folder)
+        if world.main and resume_path.is_file():
+            saved = load_checkpoint(resume_path)
+            if saved.get("fingerprint") != run_id:
+                say(f"train: {resume_path} belongs to other params, data or process count; starting over")
+                shutil.rmtree(resume_dir)
+                saved = None
+        saved = world.broadcast(saved)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            for optimizer, optimizer_state in zip(optimizers, saved["optimizers"]):
+                optimizer.load_state_dict(optimizer_state)
+            tracker = Tracker(**saved["tracker"])
+            state = Progress(**saved["progress"])
+            _set_rng_state(saved["rng"][world.rank], device)
+            say(f"train: resuming from {resume_path} at epoch {state.epoch + 1}, step {state.step}")
+            del saved
 
-    model = build_model(params.model, vocab_size, len(labels)).to(device)
-    if world.backend == "nccl" and _dense_embeddings(model):
-        say("train: NCCL cannot all-reduce sparse gradients; the sparse embedding tables train dense (AdamW) in this run")
-    optimizers = make_optimizers(model, config)
-    mode = config.mode if config.mode != "auto" else ("min" if config.monitor == "loss" else "max")
-    tracker = Tracker(config.monitor, mode, config.patience, config.min_delta)
-    state = Progress()
-    run_id = fingerprint(params, processed, world.size)
+        step_model = torch.compile(model, dynamic=True) if config.compile else model
+        train_model = step_model
+        if world.distributed:
+            train_model = nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
+        workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)
+        batches_per_epoch = math.ceil(len(train) / config.batch_size)
+        steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)
+        total_steps = steps_per_epoch * config.max_epochs
+        live = _Live(live_dir, state.history, config.tensorboard) if world.main else None
+        started = time.perf_counter()
+        validation_shard = np.arange(world.rank, len(validation), world.size)
 
-    resume_path = resume_dir / "last.pt"
-    saved = None  # rank 0 reads the resume state and hands it to the others (other machines may not have the folder)
-    if world.main and resume_path.is_file():
-        saved = load_checkpoint(resume_path)
-        if saved.get("fingerprint") != run_id:
-            say(f"train: {resume_path} belongs to other params, data or process count; starting over")
+        def inference_state() -> dict[str, Any]:
+            return {
+                "model_config": params.model.model_dump(),
+                "vocab_size": vocab_size,
+                "labels": labels,
+                "text": text_settings,
+                "model": model.state_dict(),
+            }
+
+        def checkpoint_state(rng: list[dict[str, Any]]) -> dict[str, Any]:
+            return {
+                **inference_state(),
+                "optimizers": [optimizer.state_dict() for optimizer in optimizers],
+                "tracker": asdict(tracker),
+                "progress": asdict(state),
+                "rng": rng,  # one state per rank
+                "fingerprint": run_id,
+            }
+
+        def validate(train_loss_sum: torch.Tensor, train_batches: int) -> None:
+            # each rank scores its shard; the confusion counts and loss sums are summed over the ranks,
+            # so every rank computes the same metrics and takes the same early-stopping decision
+            logits = predict_logits(step_model, validation, config.batch_size * 4, device, precision, workers, validation_shard)
+            actual = validation.labels[validation_shard]
+            counts = confusion_matrix(actual, logits.argmax(1), len(labels)) if len(actual) else np.zeros((len(labels),) * 2, np.int64)
+            sums = torch.tensor([*counts.ravel(), log_loss_sum(logits, actual)], dtype=torch.float64)
+            sums = world.all_reduce(torch.cat([sums.to(device), train_loss_sum.double().reshape(1)])).cpu().numpy()
+            counts = sums[: len(labels) ** 2].round().astype(np.int64).reshape(len(labels), len(labels))
+            scores = metrics_from_counts(counts, float(sums[-2] / max(len(validation), 1)), labels)
+            train_loss = float(sums[-1] / max(train_batches, 1))
+            record = {
+                "step": state.step,
+                "epoch": state.epoch + state.batch / batches_per_epoch,
+                "train/loss": train_loss,
+                "validation/loss": scores["loss"],
+                "validation/accuracy": scores["accuracy"],
+                "validation/macro_f1": scores["macro_f1"],
+                "lr": learning_rate(config, max(state.step - 1, 0), total_steps),
+                "samples_per_second": state.samples_per_second,
+            }
+            record = world.broadcast(record)  # rank 0's clock: the same samples/s in every rank's history
+            state.history.append(record)
+            improved = tracker.update(record[f"validation/{config.monitor}"], state.step, record["epoch"])
+            rng = world.all_gather(_rng_state(device))
+            if not world.main:
+                return
+            live.log(record)
+            say(
+                f"epoch {record['epoch']:.2f} step {state.step}: train loss {train_loss:.4f} | validation loss "
+                f"{record['validation/loss']:.4f} accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} | "
+                f"{record['samples_per_second']:,.0f} samples/s{' | best' if improved else ''}"
+            )
+            if improved:  # saved first: a kill between the two saves must not leave a best.pt older than last.pt's tracker
+                best = {"step": state.step, "epoch": record["epoch"], "monitor": config.monitor, "value": tracker.best}
+                save_checkpoint(resume_dir / "best.pt", {**inference_state(), "best": best})
+            save_checkpoint(resume_path, checkpoint_state(rng))
+
+        train_model.train()
+        loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on the device: no per-step sync
+        while state.epoch < config.max_epochs and not tracker.should_stop:
+            # the global batches, the same on every rank; each rank takes its share of each one
+            order = length_grouped_batches(train.lengths, config.batch_size, rng=np.random.default_rng([config.seed, state.epoch]))
+            shares = [shard(batch, world) for batch in order[state.batch :]]
+            sizes = [len(batch) for batch in order[state.batch :]]
+            # a share left empty (a last batch smaller than the world) trains on one document with weight 0
+            real = [len(share) > 0 for share in shares]
+            shares = [share if len(share) else batch[:1] for share, batch in zip(shares, order[state.batch :])]
+            console.start_epoch(state.epoch, config.max_epochs, len(order), state.batch)
+            loader = batch_loader(train, shares, device, workers)
+            tick = time.perf_counter()
+            for (ids, lengths, targets), size, counted in zip(loader, sizes, real):
+                ids, lengths, targets = to_device((ids, lengths, targets), device)
+                state.batch += 1
+                end_of_epoch = state.batch == len(order)
+                last_micro_step = state.batch % config.accumulate == 0 or end_of_epoch
+                # inner accumulation steps keep their gradients local; the last one all-reduces them all
+                sync = contextlib.nullcontext() if last_micro_step or not world.distributed else train_model.no_sync()
+                with sync:
+                    with autocast(device, precision):
+                        logits = train_model(ids, lengths)
+                    losses = nn.functional.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing, reduction="none")
+                    # this rank's part of the global batch's mean loss, times the world size, which DDP's
+                    # gradient average divides out: the same gradient as one process taking the whole batch
+                    loss = losses.sum() * (world.size / size if counted else 0.0)
+                    (loss / config.accumulate).backward()
+                state.samples += size
+                loss_sum += loss.detach() / world.size
+                loss_count += 1
+                if not last_micro_step:
+                    continue
+                _optimizer_step(model, optimizers, config, learning_rate(config, state.step, total_steps))
+                state.step += 1
+                now = time.perf_counter()
+                state.train_seconds, tick = state.train_seconds + now - tick, now
+                if console.interactive and state.step % 20 == 0:
+                    console.advance(20, loss_sum.item() / loss_count, state.samples_per_second)
+                if stop_after_steps is not None and state.step >= stop_after_steps:
+                    raise SimulatedKill(f"stopped after {state.step} steps")
+                if end_of_epoch:
+                    state.epoch, state.batch = state.epoch + 1, 0
+                    console.end_epoch()
+                if (config.eval_every and state.step % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
+                    validate(loss_sum, loss_count)
+                    loss_sum, loss_count = torch.zeros((), device=device), 0
+                    if tracker.should_stop:
+                        break
+                    tick = time.perf_counter()
+            console.end_epoch()
+        if not state.history or state.history[-1]["step"] != state.step:  # eval_every left a tail unvalidated
+            validate(loss_sum, loss_count)
+
+        report = {  # what the run learned: numbers that compare across experiments
+            "best_validation": tracker.best,
+            "best_epoch": tracker.best_epoch,
+            "best_step": tracker.best_step,
+            "epochs": round(state.epoch + state.batch / batches_per_epoch, 3),
+            "steps": state.step,
+            "stopped_early": int(tracker.should_stop),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_documents": len(train),
+        }
+        runtime = {  # how it ran: differs between identical runs or machines, so not a metric
+            "arch": params.model.arch,
+            "monitor": config.monitor,
+            "wall_seconds": round(time.perf_counter() - started, 2),
+            "train_seconds": round(state.train_seconds, 2),
+            "samples_per_second": round(state.samples_per_second, 1),
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "precision": precision,
+            "processes": world.size,
+            "threads": torch.get_num_threads(),  # per process
+            "peak_memory_mb": round(peak_memory_mb(device), 1),  # rank 0's
+        }
+        if world.main:
+            live.close()
+            with staged_dir(out_dir) as staging:
+                link_or_copy(resume_dir / "best.pt", staging / "best.pt")
+            write_json(report_path, report)
+            if runtime_path is not None:
+                write_json(runtime_path, runtime)
             shutil.rmtree(resume_dir)
-            saved = None
-    saved = world.broadcast(saved)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        for optimizer, optimizer_state in zip(optimizers, saved["optimizers"]):
-            optimizer.load_state_dict(optimizer_state)
-        tracker = Tracker(**saved["tracker"])
-        state = Progress(**saved["progress"])
-        _set_rng_state(saved["rng"][world.rank], device)
-        say(f"train: resuming from {resume_path} at epoch {state.epoch + 1}, step {state.step}")
-        del saved
-
-    step_model = torch.compile(model, dynamic=True) if config.compile else model
-    train_model = step_model
-    if world.distributed:
-        train_model = nn.parallel.DistributedDataParallel(step_model, device_ids=[device.index] if device.type == "cuda" else None)
-    workers = config.workers if config.workers is not None else (4 if device.type == "cuda" else 0)
-    batches_per_epoch = math.ceil(len(train) / config.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / config.accumulate)
-    total_steps = steps_per_epoch * config.max_epochs
-    live = _Live(live_dir, state.history, config.tensorboard) if world.main else None
-    started = time.perf_counter()
-    validation_shard = np.arange(world.rank, len(validation), world.size)
-
-    def inference_state() -> dict[str, Any]:
-        return {
-            "model_config": params.model.model_dump(),
-            "vocab_size": vocab_size,
-            "labels": labels,
-            "text": text_settings,
-            "model": model.state_dict(),
-        }
-
-    def checkpoint_state(rng: list[dict[str, Any]]) -> dict[str, Any]:
-        return {
-            **inference_state(),
-            "optimizers": [optimizer.state_dict() for optimizer in optimizers],
-            "tracker": asdict(tracker),
-            "progress": asdict(state),
-            "rng": rng,  # one state per rank
-            "fingerprint": run_id,
-        }
-
-    def validate(train_loss_sum: torch.Tensor, train_batches: int) -> None:
-        # each rank scores its shard; the confusion counts and loss sums are summed over the ranks,
-        # so every rank computes the same metrics and takes the same early-stopping decision
-        logits = predict_logits(step_model, validation, config.batch_size * 4, device, precision, workers, validation_shard)
-        actual = validation.labels[validation_shard]
-        counts = confusion_matrix(actual, logits.argmax(1), len(labels)) if len(actual) else np.zeros((len(labels),) * 2, np.int64)
-        sums = torch.tensor([*counts.ravel(), log_loss_sum(logits, actual)], dtype=torch.float64)
-        sums = world.all_reduce(torch.cat([sums.to(device), train_loss_sum.double().reshape(1)])).cpu().numpy()
-        counts = sums[: len(labels) ** 2].round().astype(np.int64).reshape(len(labels), len(labels))
-        scores = metrics_from_counts(counts, float(sums[-2] / max(len(validation), 1)), labels)
-        train_loss = float(sums[-1] / max(train_batches, 1))
-        record = {
-            "step": state.step,
-            "epoch": state.epoch + state.batch / batches_per_epoch,
-            "train/loss": train_loss,
-            "validation/loss": scores["loss"],
-            "validation/accuracy": scores["accuracy"],
-            "validation/macro_f1": scores["macro_f1"],
-            "lr": learning_rate(config, max(state.step - 1, 0), total_steps),
-            "samples_per_second": state.samples_per_second,
-        }
-        record = world.broadcast(record)  # rank 0's clock: the same samples/s in every rank's history
-        state.history.append(record)
-        improved = tracker.update(record[f"validation/{config.monitor}"], state.step, record["epoch"])
-        rng = world.all_gather(_rng_state(device))
-        if not world.main:
-            return
-        live.log(record)
-        say(
-            f"epoch {record['epoch']:.2f} step {state.step}: train loss {train_loss:.4f} | validation loss "
-            f"{record['validation/loss']:.4f} accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} | "
-            f"{record['samples_per_second']:,.0f} samples/s{' | best' if improved else ''}"
-        )
-        if improved:  # saved first: a kill between the two saves must not leave a best.pt older than last.pt's tracker
-            best = {"step": state.step, "epoch": record["epoch"], "monitor": config.monitor, "value": tracker.best}
-            save_checkpoint(resume_dir / "best.pt", {**inference_state(), "best": best})
-        save_checkpoint(resume_path, checkpoint_state(rng))
-
-    train_model.train()
-    loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on the device: no per-step sync
-    while state.epoch < config.max_epochs and not tracker.should_stop:
-        # the global batches, the same on every rank; each rank takes its share of each one
-        order = length_grouped_batches(train.lengths, config.batch_size, rng=np.random.default_rng([config.seed, state.epoch]))
-        shares = [shard(batch, world) for batch in order[state.batch :]]
-        sizes = [len(batch) for batch in order[state.batch :]]
-        # a share left empty (a last batch smaller than the world) trains on one document with weight 0
-        real = [len(share) > 0 for share in shares]
-        shares = [share if len(share) else batch[:1] for share, batch in zip(shares, order[state.batch :])]
-        console.start_epoch(state.epoch, config.max_epochs, len(order), state.batch)
-        loader = batch_loader(train, shares, device, workers)
-        tick = time.perf_counter()
-        for (ids, lengths, targets), size, counted in zip(loader, sizes, real):
-            ids, lengths, targets = to_device((ids, lengths, targets), device)
-            state.batch += 1
-            end_of_epoch = state.batch == len(order)
-            last_micro_step = state.batch % config.accumulate == 0 or end_of_epoch
-            # inner accumulation steps keep their gradients local; the last one all-reduces them all
-            sync = contextlib.nullcontext() if last_micro_step or not world.distributed else train_model.no_sync()
-            with sync:
-                with autocast(device, precision):
-                    logits = train_model(ids, lengths)
-                losses = nn.functional.cross_entropy(logits.float(), targets, label_smoothing=config.label_smoothing, reduction="none")
-                # this rank's part of the global batch's mean loss, times the world size, which DDP's
-                # gradient average divides out: the same gradient as one process taking the whole batch
-                loss = losses.sum() * (world.size / size if counted else 0.0)
-                (loss / config.accumulate).backward()
-            state.samples += size
-            loss_sum += loss.detach() / world.size
-            loss_count += 1
-            if not last_micro_step:
-                continue
-            _optimizer_step(model, optimizers, config, learning_rate(config, state.step, total_steps))
-            state.step += 1
-            now = time.perf_counter()
-            state.train_seconds, tick = state.train_seconds + now - tick, now
-            if console.interactive and state.step % 20 == 0:
-                console.advance(20, loss_sum.item() / loss_count, state.samples_per_second)
-            if stop_after_steps is not None and state.step >= stop_after_steps:
-                raise SimulatedKill(f"stopped after {state.step} steps")
-            if end_of_epoch:
-                state.epoch, state.batch = state.epoch + 1, 0
-                console.end_epoch()
-            if (config.eval_every and state.step % config.eval_every == 0) or (not config.eval_every and end_of_epoch):
-                validate(loss_sum, loss_count)
-                loss_sum, loss_count = torch.zeros((), device=device), 0
-                if tracker.should_stop:
-                    break
-                tick = time.perf_counter()
-        console.end_epoch()
-    if not state.history or state.history[-1]["step"] != state.step:  # eval_every left a tail unvalidated
-        validate(loss_sum, loss_count)
-
-    report = {  # what the run learned: numbers that compare across experiments
-        "best_validation": tracker.best,
-        "best_epoch": tracker.best_epoch,
-        "best_step": tracker.best_step,
-        "epochs": round(state.epoch + state.batch / batches_per_epoch, 3),
-        "steps": state.step,
-        "stopped_early": int(tracker.should_stop),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "train_documents": len(train),
-    }
-    runtime = {  # how it ran: differs between identical runs or machines, so not a metric
-        "arch": params.model.arch,
-        "monitor": config.monitor,
-        "wall_seconds": round(time.perf_counter() - started, 2),
-        "train_seconds": round(state.train_seconds, 2),
-        "samples_per_second": round(state.samples_per_second, 1),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "precision": precision,
-        "processes": world.size,
-        "threads": torch.get_num_threads(),  # per process
-        "peak_memory_mb": round(peak_memory_mb(device), 1),  # rank 0's
-    }
-    if world.main:
-        live.close()
-        with staged_dir(out_dir) as staging:
-            link_or_copy(resume_dir / "best.pt", staging / "best.pt")
-        write_json(report_path, report)
-        if runtime_path is not None:
-            write_json(runtime_path, runtime)
-        shutil.rmtree(resume_dir)
-    world.barrier()  # the outputs are complete before any process reports success
-    return {**report, **runtime}
+        world.barrier()  # the outputs are complete before any process reports success
+        return {**report, **runtime}
 
 
 def _dense_embeddings(model: nn.Module) -> bool:
