@@ -18,7 +18,6 @@ deploys without torch.
 from __future__ import annotations
 
 import hashlib
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.batching import TokenizedSplit, length_grouped_batches
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, warn
 from pipeline.files import read_json
 from pipeline.metrics import softmax
 from pipeline.text import PAD_ID, HashLookup, Hasher, TextSettings
@@ -136,16 +135,12 @@ class Bundle:
         return read_json(path, "rerun the export stage")
 
 
-def _warn(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
 class Classifier:
     """Text in, class probabilities out: the bundle's tokenizer, vocabulary and ONNX model.
     Checks the bundle's tokenizer record (see `tokenizer_record`) against the installed spaCy:
     other token ids on the probe text are a PipelineError; only another version, a warning."""
 
-    def __init__(self, bundle: Bundle, int8: bool = True, threads: int | None = None, warn: Callable[[str], None] = _warn):
+    def __init__(self, bundle: Bundle, int8: bool = True, threads: int | None = None, warn: Callable[[str], None] = warn):
         self.bundle, self.labels = bundle, bundle.labels
         self.session = onnx_session(bundle.folder / (INT8_MODEL if int8 else FP32_MODEL), threads)
         self.hasher = Hasher(bundle.settings)

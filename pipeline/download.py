@@ -8,7 +8,6 @@ reports/data.json describes them, with where they came from (`source_sha256`,
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -17,7 +16,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import PipelineError, clip, first_line, listed
+from pipeline.errors import PipelineError, clip, first_line, listed, warn
 from pipeline.fetch import check_sha256, download_url, extract_archive, folder_sha256, is_archive, is_url, sha256_of
 from pipeline.files import scratch_dir, staged_dir, write_json
 from pipeline.params import DownloadParams
@@ -163,10 +162,9 @@ def check_not_cut(path: Path, url: str, digest: str) -> None:
                     f"download of {url} was probably cut short: the server sent no Content-Length and the file "
                     f"ends mid-row; try again, or if the file is complete accept it with download.sha256: {digest}"
                 )
-    print(
-        f"warning: {url} sent no Content-Length and download.sha256 is not set: a cut transfer cannot be "
-        f"detected; pin it with download.sha256: {digest}",
-        file=sys.stderr,
+    warn(
+        f"{url} sent no Content-Length and download.sha256 is not set: a cut transfer cannot be "
+        f"detected; pin it with download.sha256: {digest}"
     )
 
 

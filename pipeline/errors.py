@@ -4,11 +4,17 @@ The CLI turns a PipelineError into one line on stderr and exit code 1. Anything
 else is a bug and keeps its traceback.
 """
 
+import sys
 from collections.abc import Iterable
 
 
 class PipelineError(Exception):
     """Bad input or bad params: the message names the problem and the fix."""
+
+
+def warn(message: str) -> None:
+    """One `warning: ...` line on stderr: the run goes on, but the user should know."""
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def first_line(exc: BaseException) -> str:
