@@ -178,6 +178,8 @@ class BagParams(Section):
     ngram: int = Field(default=2, ge=1, le=4)  # 2: words and hashed word bigrams (fastText's wordNgrams)
     buckets: int = Field(default=1_000_000, ge=1, le=INT32_MAX)  # hash buckets for the n-grams (fastText's bucket)
     sparse: bool = True  # sparse embedding gradients: each step updates only the rows a batch used
+    binary: bool = True  # each distinct token or n-gram of a document counts once (repeats add no evidence)
+    pooling: Literal["mean", "mean_max"] = "mean_max"  # mean_max: the max over features beside the mean
 
 
 class CnnParams(Section):
@@ -233,7 +235,7 @@ class TrainParams(Section):
     batch_size: int = Field(default=64, ge=1)  # documents per optimizer step (before accumulation), over all processes
     accumulate: int = Field(default=1, ge=1)  # batches per optimizer step
     max_epochs: int = Field(default=30, ge=1)  # a cap, not a budget: early stopping ends runs (5 left small data undertrained)
-    lr: float = Field(default=0.01, gt=0)  # peak learning rate
+    lr: float = Field(default=0.005, gt=0)  # peak learning rate (bag: 0.01 overfits large data, BENCHMARKS.md "Defaults")
     weight_decay: float = Field(default=0.01, ge=0)  # AdamW, on dense weight matrices only
     warmup: float = Field(default=0.05, ge=0, lt=1)  # share of all steps spent warming up linearly
     schedule: Literal["cosine", "linear", "constant"] = "linear"  # decay after warmup

@@ -112,6 +112,8 @@ TYPE = [
     ("model.bag.ngram", 2.0, "valid integer"),
     ("model.bag.buckets", "1M", "valid integer"),
     ("model.bag.sparse", "true", "valid boolean"),
+    ("model.bag.binary", 1, "valid boolean"),
+    ("model.bag.pooling", ["mean"], "Input should be 'mean' or 'mean_max'"),
     ("model.cnn.filters", "100", "valid integer"),
     ("model.cnn.widths", 3, "valid list"),
     ("model.lstm.hidden", 128.5, "valid integer"),
@@ -208,6 +210,7 @@ VALUE = [
     ("model.bag.ngram", 5, "less than or equal to 4"),
     ("model.bag.buckets", 0, "greater than or equal to 1"),
     ("model.bag.buckets", 2**31, "less than or equal to 2147483647"),
+    ("model.bag.pooling", "max", "Input should be 'mean' or 'mean_max'"),
     ("model.cnn.filters", 0, "greater than or equal to 1"),
     ("model.cnn.widths", [], "at least 1 item"),
     ("model.cnn.widths", [3, 4, 3], "width 3 more than once"),
@@ -266,7 +269,7 @@ VALUE = [
     ("report.examples", -1, "greater than or equal to 0"),
 ]
 # Keys whose only invalid values are of the wrong type.
-NO_INVALID_VALUE = {"download.dedup", "tokenize.lowercase", "tokenize.strip_html", "model.bag.sparse", "train.compile", "train.tensorboard", "baseline.enabled"}
+NO_INVALID_VALUE = {"download.dedup", "tokenize.lowercase", "tokenize.strip_html", "model.bag.sparse", "model.bag.binary", "train.compile", "train.tensorboard", "baseline.enabled"}
 TRANSFORMER = {"model.arch": "transformer"}
 RULE = [
     ("model.transformer.heads", 3, "must divide model.embed_dim (32) evenly", TRANSFORMER),
