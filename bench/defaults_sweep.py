@@ -8,7 +8,8 @@ tokenize, baseline); then for each config and seed the real train and evaluate s
 A config is a dict of dotted param overrides on top of `Params()`, the shipped defaults, with
 no per-dataset setting but the data format's. One JSON line per (dataset, config, seed) is
 appended to --results, and a markdown table of test accuracy is printed at the end.
-Lean on purpose: 2 threads, one training at a time.
+Lean on purpose: one training at a time, --threads torch threads (2; 1 on a shared machine,
+where 2 threads on 2 busy cores are many times slower).
 """
 
 from __future__ import annotations
@@ -45,10 +46,14 @@ DATASETS = {  # download params only: what the data format needs, nothing tuned
 
 CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the defaults of the checkout
     "shipped": {},
+    "lr7e-3": {"train.lr": 0.007},
+    "pat4": {"train.patience": 4},
     # the defaults before issue 11, spelled out so that they stay comparable after the change
     "old": {"train.max_epochs": 5, "train.patience": 2, "train.monitor": "loss", "train.lr": 0.01,
             "train.schedule": "linear", "train.warmup": 0.05, "model.embed_dim": 32, "model.dropout": 0.2,
-            "train.weight_decay": 0.01, "train.min_delta": 0.0},
+            "train.weight_decay": 0.01, "train.min_delta": 0.0, "model.bag.binary": False, "model.bag.pooling": "mean"},
+    # the first issue-11 defaults: counted features, mean pooling, lr 0.01
+    "prev": {"model.bag.binary": False, "model.bag.pooling": "mean", "train.lr": 0.01},
     # a longer budget with early stopping doing the stopping
     "ep30": {"train.max_epochs": 30, "train.patience": 3},
     "ep30-acc": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy"},
@@ -100,11 +105,11 @@ def prepare(name: str, work: Path) -> tuple[Path, dict]:
     return folder, info
 
 
-def train_and_evaluate(folder: Path, overrides: dict, seed: int) -> dict:
+def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 2) -> dict:
     from pipeline.evaluate import run_evaluate
     from pipeline.train import run_train
 
-    params = override(Params(), {**overrides, "train.seed": seed, "train.threads": 2})
+    params = override(Params(), {**overrides, "train.seed": seed, "train.threads": threads})
     run = folder / "run"
     shutil.rmtree(run, ignore_errors=True)
     trained = run_train(params, folder / "processed", run / "model", run / "train.json", run / "live", run / "resume", progress=False)
@@ -133,6 +138,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["imdb-2k", "ag", "ag-2k"], choices=list(DATASETS))
     parser.add_argument("--configs", nargs="+", default=["old", "shipped"], choices=list(CONFIGS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, default=Path("/tmp/sweep"))
     parser.add_argument("--results", type=Path, default=Path("bench/defaults_sweep.jsonl"))
     args = parser.parse_args()
@@ -143,7 +149,7 @@ def main() -> None:
         for config in args.configs:
             for seed in args.seeds:
                 started = time.perf_counter()
-                result = train_and_evaluate(folder, CONFIGS[config], seed)
+                result = train_and_evaluate(folder, CONFIGS[config], seed, args.threads)
                 row = {"dataset": dataset, "config": config, "seed": seed, **result,
                        "baseline_accuracy": info["baseline"]["accuracy"], "baseline_macro_f1": info["baseline"]["macro_f1"],
                        "rows": info["rows"], "overrides": CONFIGS[config], "seconds": round(time.perf_counter() - started, 1)}
