@@ -126,8 +126,11 @@ def test_byte_identical_outputs_whatever_the_workers_and_batches(tmp_path, raw):
 def test_text_settings_are_saved_for_inference(tmp_path, raw):
     _, out = tokenize(tmp_path, raw, max_tokens=77, lowercase=False, workers=1)
     assert json.loads((out / "text.json").read_text()) == {
-        "language": "en", "lowercase": False, "strip_html": True, "max_tokens": 77,
+        "language": "en", "lowercase": False, "strip_html": True, "max_tokens": 77, "truncation": "head", "tokenizer": "spacy",
     }
+    _, out = tokenize(tmp_path, raw, name="default", truncation="head_tail", workers=1)
+    assert json.loads((out / "text.json").read_text())["max_tokens"] == 1000  # null: spaCy's default
+    assert json.loads((out / "text.json").read_text())["truncation"] == "head_tail"
 
 
 def test_missing_raw_data_is_a_clear_error(tmp_path):
