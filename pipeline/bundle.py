@@ -188,7 +188,14 @@ class Classifier:
         counts = np.asarray(self.bundle.counts[2:], dtype=np.int64)
         frequent = 2 + np.argsort(-counts, kind="stable")[:PROBE_VOCAB]  # ids 0 and 1 are <pad> and <unk> for spaCy
         probe = " ".join([PROBE_TEXT, *(self.bundle.tokens[i] for i in frequent)])
-        return {key: version, "probe": probe, "probe_ids": self.encode([probe])[0].tolist()}
+        return {key: version, "probe": probe, "probe_ids": self.probe_ids(probe)}
+
+    def probe_ids(self, probe: str) -> list[int]:
+        """The probe's ids: what the model's tokenizer gives for it whole (max_tokens may be far shorter
+        than the probe), or, with spaCy, what `encode` gives (as every spaCy bundle recorded them)."""
+        if self.subwords is not None:
+            return self.subwords.tokenizer.encode(self.bundle.settings.clean(probe)).ids
+        return self.encode([probe])[0].tolist()
 
     def check_tokenizer(self, warn: Callable[[str], None]) -> None:
         recorded = self.bundle.manifest.get("tokenizer")
@@ -196,7 +203,7 @@ class Classifier:
             return  # a bundle from before the record: nothing to compare with
         key, name, version = self.tokenizer_library()
         folder = self.bundle.folder
-        if self.encode([recorded["probe"]])[0].tolist() != recorded.get("probe_ids"):
+        if self.probe_ids(recorded["probe"]) != recorded.get("probe_ids"):
             raise PipelineError(
                 f"{folder}: {name} {version} tokenizes text differently from {name} {recorded.get(key)}, "
                 f"which the bundle was exported with (other token ids on its probe text); install {key}=={recorded.get(key)} "

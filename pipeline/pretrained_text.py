@@ -14,8 +14,12 @@ folder that has none (vocab.txt alone), and huggingface_hub only to download.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -69,13 +73,36 @@ def _download(repo_id: str, revision: str) -> Path:
         raise PipelineError(
             f"model.pretrained.source: downloading {repo_id} needs huggingface_hub: pip install -e '.[pretrained]'; or {OFFLINE_FIX}"
         ) from None
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)  # its retry warnings would break the one-line error
+    host = _unreachable_hub()
     try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES))
+        # without a network, go straight to the local cache instead of retrying for half a minute
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES, local_files_only=host is not None))
     except Exception as exc:  # offline, unknown id or revision, no access: the hub raises many types
+        reason = f"{host} cannot be reached, and it is not in the local cache" if host else f"{type(exc).__name__}: {clip(first_line(exc), 160)}"
         raise PipelineError(
-            f"model.pretrained.source: cannot get {clip(repo_id)} at revision {clip(revision, 40)} from the Hugging Face Hub, and it is "
-            f"no folder here ({type(exc).__name__}: {clip(first_line(exc), 160)}); {OFFLINE_FIX}"
+            f"model.pretrained.source: cannot get {clip(repo_id)} at revision {clip(revision, 40)} from the Hugging Face Hub, "
+            f"and it is no folder here ({reason}); {OFFLINE_FIX}"
         ) from None
+    finally:
+        hub_logger.setLevel(level)
+
+
+def _unreachable_hub() -> str | None:
+    """The Hub's host name if it does not resolve (no network), else None; through a proxy,
+    which resolves names itself, None."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    host = urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.getaddrinfo(host, 443)
+    except (OSError, UnicodeError):
+        return host
+    return None
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:
