@@ -18,7 +18,7 @@ import torch
 import yaml
 from conftest import FAST_EXPORT, REPO, assert_user_error, labelled_rows, run_cli, write_csv, write_params, write_tiny_bert
 from test_dvc import ran, sh
-from test_export import predict, records
+from test_export import predict, predict_watching_imports, records
 
 from pipeline.batching import TokenizedSplit
 from pipeline.bundle import MANIFEST, Bundle, Classifier
@@ -213,20 +213,10 @@ def test_predict_repeats_tokenize_exactly_without_torch(project, tmp_path):
         assert ids.tolist() == test.ids[test.offsets[i] : test.offsets[i + 1]].tolist(), i
 
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    code = (
-        "import sys\n"
-        "from pipeline.cli import app\n"
-        "try:\n"
-        f"    app(['predict', '--bundle', {str(bundle)!r}, '--file', {str(tmp_path / 'texts.txt')!r}])\n"
-        "except SystemExit as exit:\n"
-        "    assert not exit.code, exit.code\n"
-        "print('loaded:', sorted(m for m in ('torch', 'transformers', 'spacy', 'thinc') if sys.modules.get(m) is not None))\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "loaded: []"
-    out = [json.loads(line) for line in result.stdout.splitlines()[:-1]]
+    lines, imported = predict_watching_imports("--bundle", str(bundle), "--file", str(tmp_path / "texts.txt"), cwd=tmp_path,
+                                               modules=("torch", "transformers", "spacy", "thinc"))
+    assert imported == []
+    out = [json.loads(line) for line in lines]
     labels = pd.read_parquet(project / "data" / "raw" / "test.parquet")["label"].tolist()
     accuracy = np.mean([r["label"] == label for r, label in zip(out, labels)])
     assert [r["text"] for r in out] == texts

@@ -50,6 +50,10 @@ class Pretrained(nn.Module):
         else:  # a checkpoint: the architecture alone; its weights are loaded next
             settings = dict(encoder_config)
             self.encoder = transformers.AutoModel.from_config(transformers.AutoConfig.for_model(settings.pop("model_type"), **settings))
+        if getattr(self.encoder, "pooler", None) is not None:
+            # BERT's pooler (a dense layer on [CLS] for next-sentence prediction) is not used here: without it,
+            # DDP finds no parameter without a gradient and best.pt carries no dead weights
+            self.encoder.pooler = None
         hidden = self.encoder.config.hidden_size
         self.encoder_config = json.loads(self.encoder.config.to_json_string(use_diff=False))  # plain values: loads with weights_only
         self.pooling = config.pretrained.pooling
