@@ -38,6 +38,8 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=None, help="train.max_epochs (default: null, the fine-tuning default 3)")
     parser.add_argument("--max-tokens", type=int, default=256, help="tokenize.max_tokens, [CLS] and [SEP] included")
     parser.add_argument("--truncation", default="head_tail", choices=["head", "head_tail"])
+    parser.add_argument("--latency-runs", type=int, default=100, help="export.latency_runs (batch-1 calls timed per engine)")
+    parser.add_argument("--throughput-batches", type=int, default=5, help="export.throughput_batches (batch-64 calls per engine: ~10 s each on 2 cores)")
     parser.add_argument("--keep", type=Path, default=None, help="run in this folder and keep it (default: a temporary one)")
     args = parser.parse_args()
 
@@ -51,6 +53,7 @@ def main() -> None:
             tokenize={"max_tokens": args.max_tokens, "truncation": args.truncation},
             model={"arch": "pretrained", "pretrained": pretrained},
             train={"max_epochs": args.max_epochs},
+            export={"latency_runs": args.latency_runs, "throughput_batches": args.throughput_batches},
         )
         commit(root, "pretrained IMDB")
         started = time.perf_counter()
