@@ -19,6 +19,7 @@ import yaml
 from conftest import FAST_EXPORT, REPO, assert_user_error, labelled_rows, run_cli, write_csv, write_params, write_tiny_bert
 from test_dvc import ran, sh
 from test_export import predict, predict_watching_imports, records
+from test_train import learned, same_weights
 
 from pipeline.batching import TokenizedSplit
 from pipeline.bundle import MANIFEST, Bundle, Classifier
@@ -29,7 +30,7 @@ from pipeline.params import DownloadParams, Params, parse_params
 from pipeline.pretrained_text import SubwordTokenizer, load_tokenizer
 from pipeline.text import TextSettings, truncate
 from pipeline.tokenizing import run_tokenize
-from pipeline.train import run_train
+from pipeline.train import SimulatedKill, run_train
 
 MAX_TOKENS = 10  # most fixture texts are longer (11-12 tokens with [CLS] and [SEP]): truncation is exercised
 STAGES = ["baseline", "download", "evaluate", "export", "report", "tokenize", "train"]
@@ -121,6 +122,24 @@ def test_checkpoint_rebuilds_the_model_without_its_source(processed, tiny_bert, 
     logits = predict_logits(model, validation, 64, torch.device("cpu"))
     loss = classification_metrics(logits, validation.labels, ["neg", "pos"])["loss"]
     assert loss == pytest.approx(report["best_validation"], abs=1e-5)  # the rebuilt model is the one training validated
+
+
+def test_fine_tuning_resumes_exactly_after_a_kill(processed, tiny_bert, tmp_path):
+    """Killed mid-epoch, two steps after a validation: the resumed run ends like an uninterrupted one,
+    bit for bit (the encoder's own dropout included)."""
+    params = pretrained_params(tiny_bert, eval_every=4, monitor="loss", patience=10)
+
+    def train(folder: str, **kwargs) -> dict:
+        out = tmp_path / folder
+        return run_train(params, processed, out / "models", out / "train.json", out / "live", out / "resume", progress=False, **kwargs)
+
+    whole = train("whole")
+    with pytest.raises(SimulatedKill):
+        train("cut", stop_after_steps=6)
+    assert load_checkpoint(tmp_path / "cut" / "resume" / "last.pt")["progress"]["step"] == 4
+    resumed = train("cut")
+    assert learned(tmp_path / "cut") == learned(tmp_path / "whole") and resumed["steps"] == whole["steps"] == 18
+    assert same_weights(tmp_path / "cut" / "models" / "best.pt", tmp_path / "whole" / "models" / "best.pt")
 
 
 def test_a_hub_id_that_cannot_be_downloaded_is_one_line(tmp_path):
