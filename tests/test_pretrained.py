@@ -71,6 +71,16 @@ def test_the_model_tokenizer_keeps_its_special_tokens(tiny_bert, truncation):
         SubwordTokenizer(tokenizer, TextSettings(strip_html=True, max_tokens=2, tokenizer="pretrained"))
 
 
+def test_a_folder_with_only_vocab_txt_gets_a_fast_tokenizer(tiny_bert, tmp_path):
+    """Older BERT folders have vocab.txt and no tokenizer.json: transformers builds the fast one."""
+    vocab = json.loads((tiny_bert / "tokenizer.json").read_text())["model"]["vocab"]
+    (tmp_path / "vocab.txt").write_text("".join(f"{token}\n" for token in sorted(vocab, key=vocab.get)), encoding="utf-8")
+    shutil.copy(tiny_bert / "config.json", tmp_path / "config.json")
+    built, saved = load_tokenizer(tmp_path), load_tokenizer(tiny_bert)
+    text = "A great film, truly WONDERFUL number 42"
+    assert built.encode(text).ids == saved.encode(text).ids and built.encode(text).ids[0] == vocab["[CLS]"]
+
+
 @pytest.fixture(scope="module")
 def processed(tiny_bert, tmp_path_factory) -> Path:
     """Fixture data tokenized by the tokenize stage with the tiny model's tokenizer, head_tail."""
