@@ -84,7 +84,7 @@ def _download(repo_id: str, revision: str) -> Path:
         reason = f"{host} cannot be reached, and it is not in the local cache" if host else f"{type(exc).__name__}: {clip(first_line(exc), 160)}"
         raise PipelineError(
             f"model.pretrained.source: cannot get {clip(repo_id)} at revision {clip(revision, 40)} from the Hugging Face Hub, "
-            f"and it is no folder here ({reason}); {OFFLINE_FIX}"
+            f"and it is no folder here ({reason}); check the id and model.pretrained.revision (a commit of that repository), {OFFLINE_FIX}"
         ) from None
     finally:
         hub_logger.setLevel(level)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, clip, first_line
 from pipeline.models.masks import masked_mean, padding_mask
 from pipeline.params import ModelParams
 
@@ -46,7 +46,14 @@ class Pretrained(nn.Module):
         if encoder_config is None:  # training: the pretrained weights
             from pipeline.pretrained_text import model_folder
 
-            self.encoder = transformers.AutoModel.from_pretrained(str(model_folder(config.pretrained)))
+            folder = model_folder(config.pretrained)
+            try:
+                self.encoder = transformers.AutoModel.from_pretrained(str(folder))
+            except (OSError, ValueError, KeyError) as exc:  # no weights, an unknown model type, a damaged file
+                raise PipelineError(
+                    f"model.pretrained.source: transformers cannot load a model from {folder} ({clip(first_line(exc), 200)}); "
+                    "point it at a folder written by save_pretrained (config.json and model.safetensors)"
+                ) from None
         else:  # a checkpoint: the architecture alone; its weights are loaded next
             settings = dict(encoder_config)
             self.encoder = transformers.AutoModel.from_config(transformers.AutoConfig.for_model(settings.pop("model_type"), **settings))
