@@ -82,15 +82,18 @@ def tokenize(
     report: Annotated[Path, typer.Option(help="Where to write the tokenize report (JSON).")] = paths.TOKENIZE_REPORT,
     runtime: RuntimeFile = paths.TOKENIZE_RUNTIME,
 ) -> None:
-    """Tokenize with spaCy, build the vocabulary from train, and store token ids compactly."""
+    """Tokenize with spaCy and build the vocabulary from train (or, for model.arch pretrained, with the
+    model's own tokenizer and vocabulary), and store token ids compactly."""
     with reported_errors():
         from pipeline.params import load_params
         from pipeline.tokenizing import run_tokenize
 
-        result = run_tokenize(load_params(params).tokenize, raw, out, report, runtime_path=runtime)
+        config = load_params(params)
+        pretrained = config.model.pretrained if config.model.arch == "pretrained" else None
+        result = run_tokenize(config.tokenize, raw, out, report, runtime_path=runtime, pretrained=pretrained)
         typer.echo(
             f"tokenize: {result['documents']:,} documents, {result['tokens']:,} tokens, vocab {result['vocab_size']:,}, "
-            f"{result['tokens_per_second']:,} tokens/s on {result['workers']} workers -> {out}"
+            f"{result['tokens_per_second']:,} tokens/s on {result['workers']} workers ({result['tokenizer']}) -> {out}"
         )
 
 
@@ -256,10 +259,10 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per ONNX Runtime call.")] = 64,
     workers: Annotated[
         int | None,
-        typer.Option(min=1, help="Tokenizing processes for large inputs; default: every core.", show_default=False),
+        typer.Option(min=1, help="Tokenizing processes for large inputs (spaCy bundles; a pretrained model's tokenizer uses every core itself); default: every core.", show_default=False),
     ] = None,
 ) -> None:
-    """Classify texts with an exported bundle (ONNX Runtime + spaCy, no torch): one JSON line per text
+    """Classify texts with an exported bundle (ONNX Runtime and spaCy, or a pretrained model's tokenizer; no torch): one JSON line per text
     with text, label, score and probabilities, in input order, written as each chunk is classified.
     Texts from arguments, --file, or stdin (one per line)."""
     import pipeline.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)

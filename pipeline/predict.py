@@ -3,8 +3,9 @@
 Texts come from arguments, from --file (one text per line; or a CSV/TSV column; or a JSON
 Lines field, read by the same streaming reader as `download`'s formats) or from stdin.
 Input is streamed: a reader thread cuts it into chunks (full ones, or whatever has arrived
-when the input pauses), chunks are tokenized by spaCy (in worker processes once there is
-more than one chunk and more than one core) and run through ONNX Runtime, and each chunk's
+when the input pauses), chunks are tokenized (by spaCy in worker processes once there is
+more than one chunk and more than one core; by a pretrained model's own tokenizer on every
+core of this process) and run through ONNX Runtime, and each chunk's
 lines are written, in input order, and flushed as soon as it is done. Memory stays bounded
 whatever the input size: a few chunks in flight, and spaCy's lexeme cache is started afresh
 when it grows large.
@@ -151,7 +152,7 @@ def predict_lines(
     model = INT8_MODEL if int8 else FP32_MODEL
     bundle = Bundle.load(bundle_dir, verify=(model, VOCAB, LABELS, TEXT_SETTINGS))
     # ONNX Runtime uses the cores left over from tokenizing
-    workers = workers or available_cores()
+    workers = (workers or available_cores()) if bundle.settings.in_worker_processes else 1
     classifier = Classifier(bundle, int8=int8, threads=max(1, available_cores() - workers + 1))
     in_flight = 2 * workers
     chunker = Chunker(texts, CHUNK, ahead=in_flight)
@@ -162,8 +163,8 @@ def predict_lines(
     def write_oldest() -> None:
         nonlocal count
         chunk, result = pending.popleft()
-        hashes, lengths = result.get()
-        probabilities = classifier.probabilities(classifier.token_ids(hashes, lengths), batch_size)
+        tokens, lengths = result.get()
+        probabilities = classifier.probabilities(classifier.token_ids(tokens, lengths), batch_size)
         out.write(json_lines(chunk, probabilities, bundle.labels))
         if flush:
             out.flush()
@@ -186,7 +187,7 @@ def predict_lines(
                 pool = Workers(bundle.settings, workers, Hasher.hash_bounded).__enter__()
             started = True
             if pool is None:
-                pending.append((item, _Done(classifier.hasher.hash_bounded(item))))
+                pending.append((item, _Done(classifier.tokenize(item))))
             else:
                 pending.append((item, pool.submit(item)))
     finally:

@@ -153,11 +153,13 @@ def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), t
     labels = bundle.labels
     manifest_bytes = (bundle_dir / MANIFEST).read_bytes()
 
+    # a pretrained model's tokenizer spreads a batch over the cores itself: no tokenizing process
+    workers = workers if bundle.settings.in_worker_processes else 0
     pool = Workers(bundle.settings, workers, Hasher.hash_bounded, always_pool=True) if workers else None
 
     def classify(texts: list[str]) -> np.ndarray:
-        hashes, lengths = pool.submit(texts).get() if pool is not None else classifier.hasher.hash_bounded(texts)
-        return classifier.probabilities(classifier.token_ids(hashes, lengths), limits.max_batch)
+        tokens, lengths = pool.submit(texts).get() if pool is not None else classifier.tokenize(texts)
+        return classifier.probabilities(classifier.token_ids(tokens, lengths), limits.max_batch)
 
     batcher = Batcher(classify, limits.max_batch, limits.max_wait_ms, concurrent=workers + 1)
 
@@ -211,8 +213,8 @@ def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), t
 
     async def metadata(request: Request) -> JSONResponse:
         import onnxruntime
-        import spacy
 
+        library, _, library_version = classifier.tokenizer_library()
         files = bundle.manifest["files"]
         return JSONResponse({
             "labels": labels,
@@ -224,7 +226,7 @@ def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), t
             "text": bundle.settings.to_dict(),
             "exported_with": bundle.manifest.get("versions", {}),
             "versions": {"pipeline": __version__, "python": platform.python_version(),
-                         "onnxruntime": onnxruntime.__version__, "spacy": spacy.__version__},
+                         "onnxruntime": onnxruntime.__version__, library: library_version},
             "limits": limits.__dict__,
             "served": {"batches": batcher.batches, "texts": batcher.texts},
         })

@@ -35,7 +35,7 @@ import resource
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,11 +58,12 @@ from pipeline.errors import PipelineError
 from pipeline.files import link_or_copy, read_json, staged_dir, write_json
 from pipeline.metrics import confusion_matrix, log_loss_sum, metrics_from_counts
 from pipeline.models import build_model
-from pipeline.params import Params, TrainParams
+from pipeline.params import Params, TrainDefaults, TrainParams
 from pipeline.system import available_cores
 
 
 TENSORBOARD = "tensorboard"  # event files' folder inside the DVCLive folder (train.tensorboard)
+RESOLVED_KEYS = [field.name for field in fields(TrainDefaults)]  # the train keys whose null means "the arch's default"
 
 
 class SimulatedKill(RuntimeError):
@@ -274,6 +275,7 @@ def run_train(
     In a process that torchrun started, joins the process group and trains its share (every
     rank returns the same report; rank 0 alone writes). `stop_after_steps` raises SimulatedKill
     after that many steps, on every rank, leaving the resume state as a kill would (tests use it)."""
+    params = params.resolved()  # train's nulls: the architecture's defaults
     config = params.train
     world, device = join(config.device)
     with contextlib.closing(world):  # leaves the process group however training ends
@@ -295,6 +297,7 @@ def run_train(
         console = Console(progress if world.main else False)
         say = console.line if world.main else (lambda text: None)
 
+        say(f"train: {params.model.arch}, " + ", ".join(f"{key} {getattr(config, key):g}" for key in RESOLVED_KEYS))
         model = build_model(params.model, vocab_size, len(labels)).to(device)
         if world.backend == "nccl" and _dense_embeddings(model):
             say("train: NCCL cannot all-reduce sparse gradients; the sparse embedding tables train dense (AdamW) in this run")
@@ -338,6 +341,7 @@ def run_train(
         def inference_state() -> dict[str, Any]:
             return {
                 "model_config": params.model.model_dump(),
+                **({"encoder_config": model.encoder_config} if hasattr(model, "encoder_config") else {}),
                 "vocab_size": vocab_size,
                 "labels": labels,
                 "text": text_settings,
@@ -459,6 +463,7 @@ def run_train(
         runtime = {  # how it ran: differs between identical runs or machines, so not a metric
             "arch": params.model.arch,
             "monitor": config.monitor,
+            **{key: getattr(config, key) for key in RESOLVED_KEYS},  # as run: train's nulls resolved for the arch
             "wall_seconds": round(time.perf_counter() - started, 2),
             "train_seconds": round(state.train_seconds, 2),
             "samples_per_second": round(state.samples_per_second, 1),

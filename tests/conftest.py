@@ -133,6 +133,38 @@ def http_server(tmp_path: Path):
     server.server_close()
 
 
+def write_tiny_bert(folder: Path, max_positions: int = 128) -> Path:
+    """A tiny BERT (random weights) with a WordPiece tokenizer over the fixture texts' words, saved
+    as a Hugging Face model folder (config.json, model.safetensors, tokenizer.json): a real
+    `model.pretrained.source` that needs no download."""
+    import re
+
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import BertConfig, BertModel
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words = sorted({w for text in POSITIVE + NEGATIVE for w in re.findall(r"\w+|[^\w\s]", text.lower())} | {"number", "<", ">", "/", "br"})
+    pieces = [str(d) for d in range(10)] + [f"##{d}" for d in range(10)] + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"]
+    tokens = specials + words + pieces + [c for c in "abcdefghijklmnopqrstuvwxyz" if c not in words]
+    vocab = {token: i for i, token in enumerate(tokens)}
+    tokenizer = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.add_special_tokens(specials)
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(folder / "tokenizer.json"))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=max_positions)
+    BertModel(config).save_pretrained(str(folder))
+    return folder
+
+
 # small models so that every architecture trains in seconds
 TINY_MODEL = {
     "embed_dim": 16,

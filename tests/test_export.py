@@ -56,7 +56,7 @@ def test_bundle_and_report(project):
     manifest = json.loads((bundle / MANIFEST).read_text())
     assert manifest["arch"] == "bag" and manifest["opset"] == 18
     assert {"torch", "onnx", "onnxruntime", "spacy"} <= manifest["versions"].keys()
-    assert manifest["params"]["text"] == {"language": "en", "lowercase": True, "strip_html": True, "max_tokens": 1000}
+    assert manifest["params"]["text"] == {"language": "en", "lowercase": True, "strip_html": True, "max_tokens": 1000, "truncation": "head", "tokenizer": "spacy"}
     for name, entry in manifest["files"].items():
         assert sha256_of(bundle / name) == entry["sha256"] and (bundle / name).stat().st_size == entry["bytes"]
     assert report["onnx_fp32_bytes"] == manifest["files"]["model.onnx"]["bytes"]
@@ -137,20 +137,27 @@ def test_predict_in_worker_processes_keeps_the_order(project, tmp_path):
     assert pooled == single
 
 
-def test_predict_does_not_import_torch(project):
+def predict_watching_imports(*args: str, cwd: Path, modules: tuple[str, ...] = ("torch",)) -> tuple[list[str], list[str]]:
+    """`predict` run by the CLI in a fresh interpreter: its output lines, and which of `modules` it imported."""
     code = (
-        "import sys\n"
+        "import json, sys\n"
         "from pipeline.cli import app\n"
         "try:\n"
-        "    app(['predict', 'a great film'])\n"
+        f"    app(['predict', *{list(args)!r}])\n"
         "except SystemExit as exit:\n"
         "    assert not exit.code, exit.code\n"
-        "print('torch loaded:', sys.modules.get('torch') is not None)\n"
+        f"print(json.dumps(sorted(m for m in {list(modules)!r} if sys.modules.get(m) is not None)))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=project, env={**os.environ, "PYTHONPATH": str(REPO)},
+    result = subprocess.run([sys.executable, "-c", code], cwd=cwd, env={**os.environ, "PYTHONPATH": str(REPO)},
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert '"label"' in result.stdout and "torch loaded: False" in result.stdout
+    *lines, imported = result.stdout.splitlines()
+    return lines, json.loads(imported)
+
+
+def test_predict_does_not_import_torch(project):
+    lines, imported = predict_watching_imports("a great film", cwd=project)
+    assert '"label"' in lines[0] and imported == []
 
 
 @pytest.fixture

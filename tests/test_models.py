@@ -17,12 +17,15 @@ SMALL = {
     "transformer": {"layers": 1, "heads": 2, "ff_dim": 32, "max_positions": 64},
 }
 VOCAB, CLASSES = 50, 3
+# `pretrained` built from an encoder config, as from a checkpoint: random weights, no download
+TINY_BERT = {"model_type": "bert", "vocab_size": VOCAB, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+             "intermediate_size": 32, "max_position_embeddings": 256}
 
 
 def small_model(arch: str, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
     config = ModelParams.model_validate({**SMALL, "arch": arch, **overrides})
-    return build_model(config, VOCAB, CLASSES)
+    return build_model(config, VOCAB, CLASSES, TINY_BERT if arch == "pretrained" else None)
 
 
 def pad(docs: list[list[int]], extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -106,7 +106,8 @@ TYPE = [
     ("tokenize.max_vocab", "50k", "valid integer"),
     ("tokenize.workers", "all", "valid integer"),
     ("tokenize.batch_size", True, "valid integer"),
-    ("model.arch", 1, "Input should be 'bag', 'cnn', 'lstm' or 'transformer'"),
+    ("tokenize.truncation", 1, "Input should be 'head' or 'head_tail'"),
+    ("model.arch", 1, "Input should be 'bag', 'cnn', 'lstm', 'transformer' or 'pretrained'"),
     ("model.embed_dim", "32", "valid integer"),
     ("model.dropout", "0.2", "valid number"),
     ("model.bag.ngram", 2.0, "valid integer"),
@@ -122,6 +123,9 @@ TYPE = [
     ("model.transformer.heads", 4.0, "valid integer"),
     ("model.transformer.ff_dim", "256", "valid integer"),
     ("model.transformer.max_positions", "1024", "valid integer"),
+    ("model.pretrained.source", 5, "valid string"),
+    ("model.pretrained.revision", 5, "valid string"),
+    ("model.pretrained.pooling", 1, "Input should be 'mean' or 'cls'"),
     ("train.seed", "0", "valid integer"),
     ("train.device", 0, "valid string"),
     ("train.precision", 16, "Input should be 'auto', 'fp32' or 'bf16'"),
@@ -202,6 +206,7 @@ VALUE = [
     ("tokenize.max_vocab", 2**31, "less than or equal to 2147483647"),
     ("tokenize.workers", 0, "greater than or equal to 1"),
     ("tokenize.batch_size", 0, "greater than or equal to 1"),
+    ("tokenize.truncation", "tail", "Input should be 'head' or 'head_tail'"),
     ("model.arch", "rnn", "Input should be 'bag'"),
     ("model.embed_dim", 0, "greater than or equal to 1"),
     ("model.dropout", 1.0, "less than 1"),
@@ -221,6 +226,9 @@ VALUE = [
     ("model.transformer.heads", 0, "greater than or equal to 1"),
     ("model.transformer.ff_dim", 0, "greater than or equal to 1"),
     ("model.transformer.max_positions", 0, "greater than or equal to 1"),
+    ("model.pretrained.source", "", "at least 1 character"),
+    ("model.pretrained.revision", "", "at least 1 character"),
+    ("model.pretrained.pooling", "max", "Input should be 'mean' or 'cls'"),
     ("train.seed", -1, "greater than or equal to 0"),
     ("train.device", "gpu", "must be auto, cpu, cuda"),
     ("train.device", "cuda:123456789", "must be auto, cpu, cuda"),
@@ -421,3 +429,30 @@ def test_cli_cuts_a_long_error_line(tmp_path):
 def test_cli_reports_broken_rules_in_one_line(tmp_path, command, sections, fragments):
     write_params(tmp_path, **sections)
     assert_user_error(run_cli(command, cwd=tmp_path), *fragments)
+
+
+def test_null_train_params_take_the_architecture_defaults():
+    from typing import get_args
+
+    from pipeline.params import ARCH_TRAIN_DEFAULTS, ModelParams
+
+    def picked(params: Params) -> tuple:
+        train = params.resolved().train
+        return train.lr, train.batch_size, train.max_epochs, train.warmup, train.weight_decay
+
+    assert set(ARCH_TRAIN_DEFAULTS) == set(get_args(ModelParams.model_fields["arch"].annotation))  # every arch has its row
+    assert picked(parse_params({"model": {"arch": "bag"}})) == (0.005, 64, 30, 0.05, 0.01)  # BENCHMARKS.md "Defaults"
+    for arch in ("cnn", "lstm", "transformer"):  # trained from scratch
+        assert picked(parse_params({"model": {"arch": arch}})) == (0.01, 64, 30, 0.05, 0.01), arch
+    assert picked(parse_params({"model": {"arch": "pretrained"}})) == (5e-5, 32, 3, 0.1, 0.01)  # fine-tuning
+    explicit = parse_params({"model": {"arch": "pretrained"}, "train": {"lr": 1e-4, "max_epochs": 5, "warmup": 0.0}})
+    assert picked(explicit) == (1e-4, 32, 5, 0.0, 0.01)  # a value the user set always wins, 0 included
+    assert Params().train.lr is None and Params().resolved().train.schedule == "linear"  # only the nulls change
+
+
+def test_tokenize_max_tokens_null_is_per_tokenizer():
+    assert Params().tokenize.spacy_max_tokens == 1000
+    assert parse_params({"tokenize": {"max_tokens": 300}}).tokenize.spacy_max_tokens == 300
+    # a transformer's positions are checked against what spaCy will keep
+    assert_names_key(nested({"model.arch": "transformer", "model.transformer.max_positions": 999}), "model.transformer.max_positions", "(1000)")
+    parse_params(nested({"model.arch": "pretrained", "model.transformer.max_positions": 8}))  # not the pretrained model's concern

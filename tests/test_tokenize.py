@@ -64,6 +64,23 @@ def test_ids_decode_to_spacy_tokens(tmp_path, raw):
     assert report["vocab_size"] == len(tokens)
 
 
+@pytest.mark.parametrize("truncation", ["head", "head_tail"])
+def test_long_texts_keep_the_head_or_the_head_and_the_tail(tmp_path, raw, truncation):
+    import pandas as pd
+
+    report, out = tokenize(tmp_path, raw, min_freq=1, workers=1, max_tokens=5, truncation=truncation)
+    tokens = [t for t, _ in vocab_of(out)]
+    docs, _ = load_split(out, "train")
+    frame = pd.read_parquet(raw / "train.parquet")
+    nlp = spacy.blank("en")
+    for i in range(len(frame)):
+        full = [t.lower_ for t in nlp.tokenizer(frame["text"][i].replace("<br />", " "))]
+        head, tail = (1, 4) if truncation == "head_tail" else (5, 0)  # head_tail: a quarter of 5 from the start, the rest from the end
+        expected = full if len(full) <= 5 else full[:head] + full[len(full) - tail :]
+        assert [tokens[j] for j in docs[i]] == expected
+    assert report["truncated_share"] > 0.5
+
+
 def test_vocab_is_train_only_ordered_and_counted(tmp_path, raw):
     _, out = tokenize(tmp_path, raw, min_freq=1, workers=1)
     vocab = vocab_of(out)
@@ -126,8 +143,11 @@ def test_byte_identical_outputs_whatever_the_workers_and_batches(tmp_path, raw):
 def test_text_settings_are_saved_for_inference(tmp_path, raw):
     _, out = tokenize(tmp_path, raw, max_tokens=77, lowercase=False, workers=1)
     assert json.loads((out / "text.json").read_text()) == {
-        "language": "en", "lowercase": False, "strip_html": True, "max_tokens": 77,
+        "language": "en", "lowercase": False, "strip_html": True, "max_tokens": 77, "truncation": "head", "tokenizer": "spacy",
     }
+    _, out = tokenize(tmp_path, raw, name="default", truncation="head_tail", workers=1)
+    assert json.loads((out / "text.json").read_text())["max_tokens"] == 1000  # null: spaCy's default
+    assert json.loads((out / "text.json").read_text())["truncation"] == "head_tail"
 
 
 def test_missing_raw_data_is_a_clear_error(tmp_path):
