@@ -195,6 +195,7 @@ class BagParams(Section):
     sparse: bool = True  # sparse embedding gradients: each step updates only the rows a batch used
     binary: bool = True  # each distinct token or n-gram of a document counts once (repeats add no evidence)
     pooling: Literal["mean", "mean_max"] = "mean_max"  # mean_max: the max over features beside the mean
+    min_count: int = Field(default=2, ge=1)  # hashed n-grams in fewer train documents are not used (the baseline's min_df); 1: all
 
 
 class CnnParams(Section):

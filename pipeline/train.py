@@ -298,7 +298,11 @@ def run_train(
         say = console.line if world.main else (lambda text: None)
 
         say(f"train: {params.model.arch}, " + ", ".join(f"{key} {getattr(config, key):g}" for key in RESOLVED_KEYS))
-        model = build_model(params.model, vocab_size, len(labels)).to(device)
+        model = build_model(params.model, vocab_size, len(labels))
+        if hasattr(model, "fit_to_train"):  # statistics of the train split, e.g. bag's n-gram document counts
+            if line := model.fit_to_train(train):
+                say(line)
+        model = model.to(device)
         if world.backend == "nccl" and _dense_embeddings(model):
             say("train: NCCL cannot all-reduce sparse gradients; the sparse embedding tables train dense (AdamW) in this run")
         optimizers = make_optimizers(model, config)

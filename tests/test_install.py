@@ -38,11 +38,12 @@ def test_light_install_predicts_without_torch(project, tmp_path):
     assert missing.stdout.strip() == "[]", missing.stdout + missing.stderr
     assert run("-c", "import torch").returncode != 0
 
-    result = run("-m", "pipeline", "predict", "--bundle", str(project / "models" / "export"), "great fun", "dreadful mess")
+    # two phrases of the fixture's training data (conftest.labelled_rows): the tiny model knows them
+    result = run("-m", "pipeline", "predict", "--bundle", str(project / "models" / "export"), "superb and moving story", "dreadful mess")
     assert result.returncode == 0, result.stderr
     labels = [json.loads(line)["label"] for line in result.stdout.splitlines()]
     assert labels == ["pos", "neg"]
-    (tmp_path / "reviews.csv").write_text("id,review\n1,great fun\n2,dreadful mess\n", encoding="utf-8")
+    (tmp_path / "reviews.csv").write_text("id,review\n1,superb and moving story\n2,dreadful mess\n", encoding="utf-8")
     from_file = run("-m", "pipeline", "predict", "--bundle", str(project / "models" / "export"), "--file", "reviews.csv", "--column", "review")
     assert from_file.returncode == 0, from_file.stderr  # files are read without pandas
     assert [json.loads(line)["label"] for line in from_file.stdout.splitlines()] == ["pos", "neg"]

@@ -87,6 +87,46 @@ def test_bag_ngrams_hash_into_their_own_rows():
     assert ((ngrams >= VOCAB) & (ngrams < VOCAB + 97)).all()
 
 
+def test_bag_binary_counts_each_feature_once_and_max_pooling_sees_it():
+    counted = small_model("bag", bag={"buckets": 1000, "sparse": False, "binary": False, "pooling": "mean"}).eval()
+    binary = small_model("bag", bag={"buckets": 1000, "sparse": False, "binary": True, "pooling": "mean"}).eval()
+    once, thrice = pad([[5, 6]]), pad([[5, 6, 5, 6, 5, 6]])  # the same unigrams; the bigram (6, 5) is new
+    twice = pad([[5, 6, 5, 6]])  # features: 5, 6, (5, 6), (6, 5) -- the same set as thrice
+    assert torch.allclose(binary(*twice), binary(*thrice))
+    assert not torch.allclose(counted(*twice), counted(*thrice))  # counts change the mean
+    mean_max = small_model("bag", bag={"buckets": 1000, "sparse": False, "pooling": "mean_max"}).eval()
+    assert mean_max.classifier.in_features == 2 * SMALL["embed_dim"]
+    assert torch.isfinite(mean_max(*once)).all()
+
+
+def test_bag_min_count_drops_ngrams_of_a_single_train_document(tmp_path):
+    import numpy as np
+
+    from pipeline.batching import TokenizedSplit
+
+    docs = [[5, 6, 7], [5, 6, 8], [9, 7, 5]]  # the bigram (5, 6) is in two documents, (6, 7) in one
+    folder = tmp_path / "train"
+    folder.mkdir()
+    np.save(folder / "ids.npy", np.array([i for d in docs for i in d], dtype=np.int32))
+    np.save(folder / "offsets.npy", np.cumsum([0] + [len(d) for d in docs]).astype(np.int64))
+    np.save(folder / "labels.npy", np.zeros(len(docs), dtype=np.int64))
+    model = small_model("bag", bag={"buckets": 1000, "sparse": False, "min_count": 2}).eval()
+    model.fit_to_train(TokenizedSplit(folder))
+    features, mask = model.features(*pad([[5, 6, 7]]))
+    common, rare = features[0, 3].item(), features[0, 4].item()  # the rows of (5, 6) and (6, 7)
+    assert model.usable[common] and not model.usable[rare]
+    assert model.usable[:VOCAB].all()  # tokens: the vocabulary already chose them
+    before = model(*pad([[5, 6, 7]]))
+    with torch.no_grad():
+        model.embedding.weight[rare] += 100.0  # an unused row moves nothing
+    assert torch.equal(model(*pad([[5, 6, 7]])), before)
+    with torch.no_grad():
+        model.embedding.weight[common] += 100.0
+    assert not torch.allclose(model(*pad([[5, 6, 7]])), before)
+    keep_all = small_model("bag", bag={"buckets": 1000, "sparse": False, "min_count": 1})
+    assert keep_all.usable is None
+
+
 def test_model_params_are_validated():
     with pytest.raises(Exception, match="model.arch"):
         parse_params({"model": {"arch": "rnn"}})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
+
+from pipeline.batching import TokenizedSplit
 
 from pipeline.models.masks import masked_max, masked_mean, padding_mask
 from pipeline.params import ModelParams
@@ -39,13 +42,18 @@ class Bag(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, config: ModelParams):
         super().__init__()
         self.vocab_size, self.ngram, self.buckets = vocab_size, config.bag.ngram, config.bag.buckets
-        self.binary, self.pooling = config.bag.binary, config.bag.pooling
+        self.binary, self.pooling, self.min_count = config.bag.binary, config.bag.pooling, config.bag.min_count
         rows = vocab_size + (self.buckets if self.ngram > 1 else 0)
         # sparse gradients: an optimizer step touches only the rows a batch used
         self.embedding = nn.Embedding(rows, config.embed_dim, padding_idx=0, sparse=config.bag.sparse)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.embed_dim * (2 if self.pooling == "mean_max" else 1), num_classes)
         nn.init.uniform_(self.embedding.weight, -1 / config.embed_dim, 1 / config.embed_dim)
+        # Which embedding rows a document may use: every vocabulary token (tokenize's min_freq already
+        # chose them) and the hashed n-grams found in at least min_count train documents (fit_to_train).
+        # An n-gram seen in one document only lets the model memorize that document (the baseline's min_df).
+        filtered = self.ngram > 1 and self.min_count > 1
+        self.register_buffer("usable", torch.ones(rows, dtype=torch.bool) if filtered else None)
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = padding_mask(ids, lengths)
@@ -61,8 +69,27 @@ class Bag(nn.Module):
             masks.append(mask[:, n - 1 : n - 1 + width])
         return torch.cat(features, 1), torch.cat(masks, 1)
 
+    @torch.no_grad()
+    def fit_to_train(self, split: TokenizedSplit, batch_size: int = 512) -> str | None:
+        """Count in how many train documents each hashed n-gram occurs; keep those in min_count or more.
+        Returns a line for the log."""
+        if self.usable is None:
+            return None
+        documents = torch.zeros(self.usable.numel(), dtype=torch.int64)
+        for start in range(0, len(split), batch_size):
+            ids, lengths, _ = split.batch(np.arange(start, min(start + batch_size, len(split))))
+            features, mask = distinct_per_row(*self.features(torch.from_numpy(ids), torch.from_numpy(lengths)))
+            documents += torch.bincount(features[mask], minlength=documents.numel())
+        usable = documents >= self.min_count
+        usable[: self.vocab_size] = True
+        self.usable.copy_(usable)
+        seen, kept = int((documents[self.vocab_size :] > 0).sum()), int(usable[self.vocab_size :].sum())
+        return f"bag: {kept:,} of the {seen:,} n-gram buckets the train split fills are in {self.min_count}+ documents and used (model.bag.min_count)"
+
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         features, mask = self.features(ids, lengths)
+        if self.usable is not None:
+            mask = mask & self.usable[features]
         if self.binary:
             features, mask = distinct_per_row(features, mask)
         vectors = self.embedding(features)
