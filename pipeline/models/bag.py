@@ -92,7 +92,9 @@ class Bag(nn.Module):
             mask = mask & self.usable[features]
         if self.binary:
             features, mask = distinct_per_row(features, mask)
-        vectors = self.embedding(features)
+        # masked features (padding, repeats, rare n-grams) read the <pad> row (padding_idx: no gradient), so
+        # the sparse gradient has no entry for them: half the time per step on IMDB (fewer entries to coalesce)
+        vectors = self.embedding(features.masked_fill(~mask, 0))
         pooled = masked_mean(vectors, mask)
         if self.pooling == "mean_max":
             pooled = torch.cat([pooled, masked_max(vectors, mask)], 1)
