@@ -48,6 +48,8 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
         assert fragment in lines[0], (fragment, lines[0])
 
 
+# labelled_rows uses POSITIVE[0], [2] and NEGATIVE[1], [3] only (i % 2 picks the pool, i % 4 the phrase): a test
+# that expects the fixture model to label a text right uses one of those; the others are unseen phrases
 POSITIVE = ["a great film, truly wonderful", "loved it, brilliant acting", "superb and moving story", "excellent fun"]
 NEGATIVE = ["a dull film, truly awful", "hated it, terrible acting", "boring and lifeless story", "dreadful mess"]
 

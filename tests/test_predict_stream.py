@@ -75,9 +75,9 @@ def test_files_are_read_like_the_download_stage(project, tmp_path):
     out = records(predict("--file", str(tmp_path / "bom.csv"), cwd=project))
     assert [r["text"] for r in out] == [long_text, "dreadful, a mess"]
 
-    (tmp_path / "t.tsv").write_text("id\tbody\n1\texcellent fun\n2\tdreadful mess\n", encoding="utf-8")
+    (tmp_path / "t.tsv").write_text("id\tbody\n1\tsuperb and moving story\n2\tdreadful mess\n", encoding="utf-8")
     out = records(predict("--file", str(tmp_path / "t.tsv"), "--column", "body", cwd=project))
-    assert [(r["text"], r["label"]) for r in out] == [("excellent fun", "pos"), ("dreadful mess", "neg")]
+    assert [(r["text"], r["label"]) for r in out] == [("superb and moving story", "pos"), ("dreadful mess", "neg")]
 
     (tmp_path / "short.csv").write_text("text,label\nfine,pos\nno label\n", encoding="utf-8")
     assert_user_error(predict("--file", str(tmp_path / "short.csv"), cwd=project), "short.csv: line 3", "1 fields", "header has 2")

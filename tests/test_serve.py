@@ -140,7 +140,7 @@ def test_sigterm_lets_in_flight_requests_finish(project):
     # a long batching wait keeps the request in flight when the signal comes
     process, url = start_server(project / "models" / "export", "--workers", "0", "--max-wait-ms", "1500")
     answers: list = []
-    thread = threading.Thread(target=lambda: answers.append(httpx.post(f"{url}/predict", json={"text": "excellent fun"}, timeout=60)))
+    thread = threading.Thread(target=lambda: answers.append(httpx.post(f"{url}/predict", json={"text": "superb and moving story"}, timeout=60)))
     thread.start()
     time.sleep(0.5)
     process.send_signal(signal.SIGTERM)
@@ -154,7 +154,7 @@ def test_sigterm_lets_in_flight_requests_finish(project):
 def test_serve_with_a_tokenizing_process(project):
     process, url = start_server(project / "models" / "export", "--workers", "1")
     try:
-        answer = httpx.post(f"{url}/predict", json={"texts": ["dreadful mess", "excellent fun"]}, timeout=60)
+        answer = httpx.post(f"{url}/predict", json={"texts": ["dreadful mess", "superb and moving story"]}, timeout=60)
         assert [p["label"] for p in answer.json()["predictions"]] == ["neg", "pos"]
     finally:
         stop(process)
