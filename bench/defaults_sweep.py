@@ -47,6 +47,7 @@ DATASETS = {  # download params only: what the data format needs, nothing tuned
 CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the defaults of the checkout
     "shipped": {},
     "lr7e-3": {"train.lr": 0.007},
+    "lr3e-3": {"train.lr": 0.003},
     "pat4": {"train.patience": 4},
     # the defaults before issue 11, spelled out so that they stay comparable after the change
     "old": {"train.max_epochs": 5, "train.patience": 2, "train.monitor": "loss", "train.lr": 0.01,
