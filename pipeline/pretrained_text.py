@@ -106,8 +106,8 @@ def _unreachable_hub() -> str | None:
 
 
 def load_tokenizer(folder: Path) -> Tokenizer:
-    """The model's fast tokenizer, truncation and padding off (we truncate ourselves): its
-    tokenizer.json, or one that transformers builds from vocab.txt and the tokenizer config."""
+    """The model's fast tokenizer: its tokenizer.json, or one that transformers builds from
+    vocab.txt and the tokenizer config."""
     from tokenizers import Tokenizer
 
     path = folder / TOKENIZER_FILE
@@ -128,8 +128,6 @@ def load_tokenizer(folder: Path) -> Tokenizer:
                 f"model.pretrained.source: {folder} has no {TOKENIZER_FILE} and transformers cannot build a fast tokenizer from it "
                 f"({clip(first_line(exc), 160)}); add the model's tokenizer.json"
             ) from None
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
     return tokenizer
 
 
@@ -166,6 +164,10 @@ class SubwordTokenizer:
     counts them. The same (ids, full lengths) shape as spaCy's `Hasher.hash_batch`."""
 
     def __init__(self, tokenizer: Tokenizer, settings: TextSettings):
+        # truncation and padding off whatever the file says (all-MiniLM's truncates at 128): we truncate
+        # ourselves, the same way in tokenize, predict and serve, whichever way the tokenizer was loaded
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
         self.tokenizer, self.settings = tokenizer, settings
         self.prefix, self.suffix = special_ids(tokenizer)
         self.specials = len(self.prefix) + len(self.suffix)

@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from pipeline.batching import TokenizedSplit
-
 from pipeline.models.masks import masked_max, masked_mean, padding_mask
 from pipeline.params import ModelParams
 
@@ -32,11 +31,11 @@ def distinct_per_row(features: torch.Tensor, mask: torch.Tensor) -> tuple[torch.
 class Bag(nn.Module):
     """fastText-like: embeddings of the tokens and hashed word n-grams, pooled, then a linear layer.
 
-    Two departures from fastText, each worth points on every dataset we measured (BENCHMARKS.md,
+    Three departures from fastText, which together lifted every dataset we measured (BENCHMARKS.md,
     "Defaults"): `binary` embeds each distinct feature of a document once (as NBSVM and
-    binarized TF-IDF do: repeating a word adds no evidence), and `mean_max` pooling adds the
-    max over features to the mean, so that a few strong n-grams are not averaged away in a
-    long document.
+    binarized TF-IDF do: repeating a word adds no evidence); `mean_max` pooling adds the max
+    over features to the mean, so that a few strong n-grams are not averaged away in a long
+    document; `min_count` leaves out hashed n-grams of fewer train documents (`fit_to_train`).
     """
 
     def __init__(self, vocab_size: int, num_classes: int, config: ModelParams):
