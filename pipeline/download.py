@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import PipelineError, clip, first_line, listed, warn
-from pipeline.fetch import check_sha256, download_url, extract_archive, folder_sha256, is_archive, is_url, sha256_of
+from pipeline.archives import ArchiveFolder, read_archive
+from pipeline.fetch import check_sha256, download_url, folder_sha256, is_archive, is_url, sha256_of
 from pipeline.files import scratch_dir, staged_dir, write_json
 from pipeline.params import DownloadParams
 from pipeline.paths import DATA_REPORT, RAW_DIR
@@ -41,7 +42,7 @@ READABLE = (*TABLE_FORMATS, ".txt")  # the files of a local folder that its prov
 
 def run_download(params: DownloadParams, out_dir: Path = RAW_DIR, report_path: Path = DATA_REPORT) -> dict:
     """Fetch, read, clean, de-duplicate and split the source; write the splits and the data report."""
-    # Downloads and extracted archives go next to the output: same disk, and swept by the next run if killed.
+    # Downloads go next to the output: same disk, and swept by the next run if killed.
     with scratch_dir(out_dir, "download") as scratch:
         loaded = load_source(params, scratch)
         text_columns, label_column = loaded.columns
@@ -116,15 +117,13 @@ def load_source(params: DownloadParams, scratch: Path) -> Loaded:
         digest = sha256_of(path) if path.is_file() else folder_sha256(path, READABLE)
         check_sha256(digest, params.sha256, str(path))
     provenance = {"source_sha256": digest, "source_revision": None}
-    extracted = None
     if path.is_file() and is_archive(path):
-        extracted = scratch / "extracted"
-        path = extract_archive(path, extracted)
+        path = read_archive(path)  # in memory, a folder to the readers
 
-    def name_of(where: Path) -> str:
+    def name_of(where: Path | ArchiveFolder) -> str:
         """How messages call a path: the user's source, or `source:member` inside an archive."""
-        if extracted is not None and where.is_relative_to(extracted):
-            member = where.relative_to(extracted).as_posix()
+        if isinstance(where, ArchiveFolder):
+            member = where.member.as_posix()
             return params.source if member == "." else f"{params.source}:{member}"
         return params.source if where == downloaded else str(where)
 

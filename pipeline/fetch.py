@@ -1,22 +1,17 @@
-"""Getting source bytes onto local disk: HTTP downloads and safe archive extraction."""
+"""Getting source bytes onto local disk: HTTP downloads, checksums and folder hashes."""
 
 from __future__ import annotations
 
 import hashlib
 import http.client
-import shutil
-import stat
-import tarfile
 import urllib.error
 import urllib.parse
 import urllib.request
-import zipfile
-import zlib
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import NamedTuple
 
 from pipeline import __version__
-from pipeline.errors import PipelineError, first_line
+from pipeline.errors import PipelineError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 CHUNK_BYTES = 1 << 20
@@ -100,53 +95,3 @@ def download_url(url: str, dest_dir: Path, sha256: str | None = None, timeout: f
         raise
     partial.rename(target)
     return Downloaded(target, digest.hexdigest(), expected_length is not None)
-
-
-def _inside(dest: Path, name: str) -> bool:
-    pure = PurePosixPath(name.replace("\\", "/"))
-    if pure.is_absolute() or ".." in pure.parts:
-        return False
-    return (dest / pure).resolve().is_relative_to(dest.resolve())
-
-
-def _refuse(archive: Path, member: str, why: str) -> PipelineError:
-    return PipelineError(f"unsafe archive {archive.name}: entry {member!r} {why}; refusing to extract it")
-
-
-def extract_archive(archive: Path, dest: Path) -> Path:
-    """Extract a .tar(.gz)/.tgz/.zip into `dest`, refusing links and entries outside it.
-
-    Returns the folder that holds the data: `dest`, or the single folder inside it
-    when the archive wraps everything in one top-level folder (as aclImdb does).
-    """
-    dest.mkdir(parents=True, exist_ok=True)
-    try:
-        if archive.name.lower().endswith(".zip"):
-            with zipfile.ZipFile(archive) as zf:
-                for info in zf.infolist():
-                    if stat.S_ISLNK(info.external_attr >> 16):
-                        raise _refuse(archive, info.filename, "is a link")
-                    if not _inside(dest, info.filename):
-                        raise _refuse(archive, info.filename, "would land outside the target folder")
-                zf.extractall(dest)
-        else:
-            with tarfile.open(archive, "r:*") as tar:
-                members = tar.getmembers()
-                for member in members:
-                    if member.issym() or member.islnk():
-                        raise _refuse(archive, member.name, "is a link")
-                    if not (member.isfile() or member.isdir()):
-                        raise _refuse(archive, member.name, "is not a regular file or folder")
-                    if not _inside(dest, member.name):
-                        raise _refuse(archive, member.name, "would land outside the target folder")
-                tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, zlib.error, OSError) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise PipelineError(f"cannot read archive {archive.name}: {first_line(exc)}; the file is corrupt, truncated or not an archive") from None
-    root = dest
-    while True:
-        entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-        if len(entries) == 1 and entries[0].is_dir():
-            root = entries[0]
-        else:
-            return root

@@ -3,7 +3,7 @@
 Formats: CSV, TSV, JSON Lines, Parquet, and a folder tree <split>/<label>/*.txt.
 Text is decoded by us, not by pandas, so an undecodable byte is reported with
 its file and line. Messages name files through `name_of`, so that a file
-extracted from an archive is called `archive.tar.gz:member`, never by the
+read from an archive (archives.py) is called `archive.tar.gz:member`, never by the
 temporary path it was read from.
 """
 
@@ -63,8 +63,8 @@ def read_table(
     if fmt == "parquet":
         import pyarrow
 
-        try:
-            return pd.read_parquet(path)
+        try:  # a member of an archive is read from memory
+            return pd.read_parquet(path if isinstance(path, Path) else io.BytesIO(path.read_bytes()))
         except (pyarrow.ArrowException, OSError) as exc:
             why = str(exc).replace(str(path), name)  # pyarrow quotes the path it read, maybe a temporary one
             raise PipelineError(f"{name}: not a readable Parquet file ({clip(why, 300)})") from None

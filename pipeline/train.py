@@ -58,6 +58,7 @@ from pipeline.errors import PipelineError
 from pipeline.files import link_or_copy, read_json, staged_dir, write_json
 from pipeline.metrics import confusion_matrix, log_loss_sum, metrics_from_counts
 from pipeline.models import build_model
+from pipeline.optimizers import RowSparseAdam
 from pipeline.params import Params, TrainDefaults, TrainParams
 from pipeline.system import available_cores
 
@@ -129,7 +130,7 @@ def learning_rate(config: TrainParams, step: int, total_steps: int) -> float:
 
 
 def make_optimizers(model: nn.Module, config: TrainParams) -> list[torch.optim.Optimizer]:
-    """SparseAdam for sparse embedding tables (only the rows a batch used move), AdamW for the
+    """Sparse Adam for sparse embedding tables (only the rows a batch used move), AdamW for the
     rest, with weight decay on weight matrices and none on biases, norms and embeddings."""
     sparse, decay, no_decay = [], [], []
     for module in model.modules():
@@ -143,7 +144,7 @@ def make_optimizers(model: nn.Module, config: TrainParams) -> list[torch.optim.O
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)]
     if sparse:
-        optimizers.append(torch.optim.SparseAdam(sparse, lr=config.lr))
+        optimizers.append(RowSparseAdam(sparse, lr=config.lr))
     return optimizers
 
 

@@ -86,7 +86,8 @@ class Bag(nn.Module):
         return f"bag: {kept:,} of the {seen:,} n-gram buckets the train split fills are in {self.min_count}+ documents and used (model.bag.min_count)"
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        features, mask = self.features(ids, lengths)
+        # one masked column more: a batch of empty texts still has a feature axis for the max
+        features, mask = self.features(nn.functional.pad(ids, (0, 1)), lengths)
         if self.usable is not None:
             mask = mask & self.usable[features]
         if self.binary:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over time of (batch, time, dim) where mask is true; zeros for an empty row."""
-    weights = mask.unsqueeze(-1).to(values.dtype)
-    return (values * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+    weights = mask.to(values.dtype)
+    # a batched matrix product: no (batch, time, dim) copy of the values, in either direction
+    return torch.bmm(weights.unsqueeze(1), values).squeeze(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
 
 
 def padding_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -17,9 +17,10 @@ def padding_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
 
 
 def masked_max(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Max over time of (batch, time, dim) where mask is true; zeros for an empty row."""
+    """Max over time of (batch, time, dim) where mask is true; zeros for a row with nothing
+    unmasked. Time must be at least 1 (pad the input with one masked step where it may be 0)."""
     lowest = torch.finfo(values.dtype).min
-    # one masked step appended so that a batch of empty texts (time 0) still has a max
-    values, mask = nn.functional.pad(values, (0, 0, 0, 1)), nn.functional.pad(mask, (0, 1))
-    peak = values.masked_fill(~mask.unsqueeze(-1), lowest).amax(1)
+    # max with indices, not amax: its backward scatters to one index per output instead of
+    # comparing every value with the max
+    peak = values.masked_fill(~mask.unsqueeze(-1), lowest).max(1).values
     return torch.where(mask.any(1, keepdim=True), peak, torch.zeros_like(peak))
