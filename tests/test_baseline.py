@@ -73,3 +73,53 @@ def test_ag_news_baseline(tmp_path):
     run_download(params.download, tmp_path / "raw", tmp_path / "data.json")
     result = run_baseline(params.baseline, "en", tmp_path / "raw", tmp_path / "b.json")
     assert result["accuracy"] >= 0.85  # four news topics: a linear model on word n-grams is strong here
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+@pytest.mark.parametrize("analyzer, ngrams", [("word", (1, 2)), ("char", (1, 3))])
+def test_tfidf_features_equal_scikit_learns_vectorizer(workers, analyzer, ngrams):
+    """The chunked, merged counting gives TfidfVectorizer's matrices exactly: same columns in the
+    same order, the same min_df cut, the same weights; for any number of workers."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    from pipeline.baseline import tfidf_features
+
+    rng = np.random.default_rng(0)
+    words = ["good", "bad", "Film", "plot", "ÉTÉ", "acting", "boring", "loved", "it", "was", "球队", "x"]
+    train = [" ".join(rng.choice(words, rng.integers(0, 12))) for _ in range(61)] + ["", "only once here"]
+    validation = ["good film", "never seen words", ""]
+    test = [" ".join(rng.choice(words, 8)) for _ in range(9)]
+    ours, (ours_validation, ours_test), features = tfidf_features(
+        analyzer, ngrams, 2, train, [validation, test], workers, min_texts_per_worker=1
+    )
+    vectorizer = TfidfVectorizer(analyzer=analyzer, ngram_range=ngrams, sublinear_tf=True, min_df=2, dtype=np.float32)
+    expected = vectorizer.fit_transform(train)
+    assert features == len(vectorizer.vocabulary_) and "once" not in vectorizer.vocabulary_
+    for got, want in ((ours, expected), (ours_validation, vectorizer.transform(validation)), (ours_test, vectorizer.transform(test))):
+        assert got.shape == want.shape and got.dtype == want.dtype
+        assert (got != want).nnz == 0
+
+
+def test_tfidf_features_refuse_an_empty_vocabulary():
+    from pipeline.baseline import tfidf_features
+
+    with pytest.raises(ValueError, match="empty vocabulary"):
+        tfidf_features("word", (1, 2), 2, ["alpha beta", "gamma delta"], [], 2, min_texts_per_worker=1)
+
+
+def test_a_hash_collision_falls_back_to_scikit_learn(monkeypatch):
+    """Chunks are merged by hash; were two n-grams ever to share one, the strings disagree and
+    the result still equals TfidfVectorizer's (computed by it)."""
+    import numpy as np
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    import pipeline.baseline as baseline
+
+    monkeypatch.setattr(baseline, "hash", lambda term: len(term) % 3, raising=False)  # collisions everywhere
+    train = ["good film", "bad film", "good plot", "bad plot", "film plot"] * 3
+    ours, (ours_test,), features = baseline.tfidf_features("word", (1, 2), 2, train, [["good bad film"]], 2, min_texts_per_worker=1)
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, dtype=np.float32)
+    assert (ours != vectorizer.fit_transform(train)).nnz == 0
+    assert (ours_test != vectorizer.transform(["good bad film"])).nnz == 0
+    assert features == len(vectorizer.vocabulary_)
