@@ -399,7 +399,10 @@ def run_train(
             if improved:  # saved first: a kill between the two saves must not leave a best.pt older than last.pt's tracker
                 best = {"step": state.step, "epoch": record["epoch"], "monitor": config.monitor, "value": tracker.best}
                 save_checkpoint(resume_dir / "best.pt", {**inference_state(), "best": best})
-            save_checkpoint(resume_path, checkpoint_state(rng))
+            # the run ends here (the resume folder with it): its last resume state (3x the model's size
+            # with Adam's moments) would never be read; a kill before the end resumes from the one before
+            if not (tracker.should_stop or state.step >= total_steps):
+                save_checkpoint(resume_path, checkpoint_state(rng))
 
         train_model.train()
         loss_sum, loss_count = torch.zeros((), device=device), 0  # summed on the device: no per-step sync
