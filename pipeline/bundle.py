@@ -231,9 +231,7 @@ class Classifier:
         return np.split(ids, np.cumsum(kept)[:-1])
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
-        if self.subwords is not None:
-            return self.token_ids(*self.subwords.encode_batch(texts))
-        return self.token_ids(*self.hasher.hash_batch(texts))
+        return self.token_ids(*self.tokenize(texts))
 
     def probabilities(self, ids: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
         """(texts, classes) float64 probabilities; texts of similar length are run together."""

@@ -299,11 +299,7 @@ def run_train(
         say = console.line if world.main else (lambda text: None)
 
         say(f"train: {params.model.arch}, " + ", ".join(f"{key} {getattr(config, key):g}" for key in RESOLVED_KEYS))
-        model = build_model(params.model, vocab_size, len(labels))
-        if hasattr(model, "fit_to_train"):  # statistics of the train split, e.g. bag's n-gram document counts
-            if line := model.fit_to_train(train):
-                say(line)
-        model = model.to(device)
+        model = build_model(params.model, vocab_size, len(labels)).to(device)
         if world.backend == "nccl" and _dense_embeddings(model):
             say("train: NCCL cannot all-reduce sparse gradients; the sparse embedding tables train dense (AdamW) in this run")
         optimizers = make_optimizers(model, config)
@@ -330,6 +326,11 @@ def run_train(
             _set_rng_state(saved["rng"][world.rank], device)
             say(f"train: resuming from {resume_path} at epoch {state.epoch + 1}, step {state.step}")
             del saved
+        elif world.main and hasattr(model, "fit_to_train"):
+            # statistics of the train split (bag's n-gram document counts), kept in buffers: a resumed
+            # run restored them above, and DDP copies rank 0's buffers to the other ranks
+            if line := model.fit_to_train(train):
+                say(line)
 
         step_model = torch.compile(model, dynamic=True) if config.compile else model
         train_model = step_model
