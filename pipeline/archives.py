@@ -31,14 +31,13 @@ SKIPPED = ("__MACOSX",)  # macOS resource forks: never data
 class ArchiveFolder:
     """A folder inside an archive (or a file: `member` names either), read-only."""
 
-    def __init__(self, archive: Path, files: dict[PurePosixPath, bytes | None], member: PurePosixPath = PurePosixPath(".")):
-        self.archive, self._files, self.member = archive, files, member
-        children: dict[PurePosixPath, set[str]] = {}
-        if member == PurePosixPath("."):  # the root indexes the tree once; folders below share the index
-            for path in files:
-                for parent, child in zip([PurePosixPath("."), *path.parents[-2::-1]], path.parts):
-                    children.setdefault(parent, set()).add(child)
-        self._children = children
+    def __init__(self, archive: Path, files: dict[PurePosixPath, bytes | None], folders: set[PurePosixPath] = frozenset()):
+        """The archive's root, indexing every folder's children once (the folders below share the index)."""
+        self.archive, self._files, self.member = archive, files, PurePosixPath(".")
+        self._children: dict[PurePosixPath, set[str]] = {}
+        for path in [*files, *folders]:
+            for parent, child in zip([PurePosixPath("."), *path.parents[-2::-1]], path.parts):
+                self._children.setdefault(parent, set()).add(child)
 
     def _at(self, member: PurePosixPath) -> ArchiveFolder:
         node = ArchiveFolder.__new__(ArchiveFolder)
@@ -146,12 +145,7 @@ def read_archive(archive: Path) -> ArchiveFolder:
         raise PipelineError(
             f"cannot read archive {archive.name}: {first_line(exc)}; the file is corrupt, truncated or not an archive"
         ) from None
-    root = PurePosixPath(".")
-    while True:  # unwrap single top-level folders
-        tops = {path.relative_to(root).parts[0] for path in files if path != root and path.is_relative_to(root)}
-        tops |= {path.relative_to(root).parts[0] for path in folders if path != root and path.is_relative_to(root)}
-        only = next(iter(tops)) if len(tops) == 1 else None
-        if only is None or (root / only) in files:
-            break
-        root = root / only
-    return ArchiveFolder(archive, files) / root.as_posix()  # members keep their full names, for messages
+    folder = ArchiveFolder(archive, files, folders)  # members keep their full names, for messages
+    while len(entries := list(folder.iterdir())) == 1 and entries[0].is_dir():  # unwrap single top-level folders
+        folder = entries[0]
+    return folder

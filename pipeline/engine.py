@@ -21,8 +21,8 @@ seconds, logged history), rng and fingerprint (what the run was for: params and 
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np

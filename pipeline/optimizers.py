@@ -3,8 +3,8 @@
 The same algorithm as torch.optim.SparseAdam ("lazy" Adam: only the rows a batch used move,
 their moments decay only when used, one step count per table), computed with
 index_select / index_copy_ on the touched rows instead of sparse-tensor arithmetic. On CPU,
-SparseAdam's sparse_mask and dense-plus-sparse additions took most of a `bag` training step
-on IMDB; this takes about a fifth of that (BENCHMARKS.md, "Training speed").
+SparseAdam's sparse_mask and dense-plus-sparse additions took 59% of a `bag` training step on
+IMDB; this update takes less than half its time (BENCHMARKS.md, "Round 3").
 """
 
 from __future__ import annotations
