@@ -88,9 +88,9 @@ def override(params: Params, dotted: dict) -> Params:
 
 def prepare(name: str, work: Path) -> tuple[Path, dict]:
     """Download, tokenize and baseline once per dataset; cached in work/<name>."""
-    from pipeline.baseline import run_baseline
-    from pipeline.download import run_download
-    from pipeline.tokenizing import run_tokenize
+    from pipeline.stages.baseline import run_baseline
+    from pipeline.stages.download import run_download
+    from pipeline.stages.tokenize import run_tokenize
 
     folder = work / name
     done = folder / "prepared.json"
@@ -107,8 +107,8 @@ def prepare(name: str, work: Path) -> tuple[Path, dict]:
 
 
 def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 2) -> dict:
-    from pipeline.evaluate import run_evaluate
-    from pipeline.train import run_train
+    from pipeline.stages.evaluate import run_evaluate
+    from pipeline.stages.train import run_train
 
     params = override(Params(), {**overrides, "train.seed": seed, "train.threads": threads})
     run = folder / "run"

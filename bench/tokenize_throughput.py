@@ -14,10 +14,10 @@ import platform
 import tempfile
 from pathlib import Path
 
-from pipeline.download import run_download
+from pipeline.stages.download import run_download
 from pipeline.params import DownloadParams, TokenizeParams
 from pipeline.system import available_cores
-from pipeline.tokenizing import run_tokenize
+from pipeline.stages.tokenize import run_tokenize
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ import torch
 
 from pipeline.system import available_cores
 from pipeline.params import parse_params
-from pipeline.train import run_train
+from pipeline.stages.train import run_train
 
 
 def subset(processed: Path, out: Path, documents: int) -> None:

@@ -66,8 +66,8 @@ def download(
 ) -> None:
     """Fetch `download.source` and write clean train/validation/test splits (text, label)."""
     with reported_errors():
-        from pipeline.download import run_download
         from pipeline.params import load_params
+        from pipeline.stages.download import run_download
 
         result = run_download(load_params(params).download, out, report)
         rows = ", ".join(f"{split} {result[split]['rows']:,}" for split in ("train", "validation", "test"))
@@ -86,7 +86,7 @@ def tokenize(
     model's own tokenizer and vocabulary), and store token ids compactly."""
     with reported_errors():
         from pipeline.params import load_params
-        from pipeline.tokenizing import run_tokenize
+        from pipeline.stages.tokenize import run_tokenize
 
         config = load_params(params)
         pretrained = config.model.pretrained if config.model.arch == "pretrained" else None
@@ -111,24 +111,13 @@ def train(
     """Train `model.arch` with the `train` params; resumes an interrupted run with the same params.
     With `train.devices` > 1, runs itself in that many processes under torchrun (DDP)."""
     with reported_errors():
-        from pipeline.batching import read_labels
-        from pipeline.distributed import World, launch, should_launch
         from pipeline.params import load_params
-        from pipeline.train import run_train
+        from pipeline.stages.train import run_train, run_train_processes
+        from pipeline.training.distributed import World, should_launch
 
         config = load_params(params)
         if should_launch(config.train.devices):
-            read_labels(data)  # a missing tokenize output is one error here, not one per process
-            argv = ["train", "--params", str(params), "--data", str(data), "--out", str(out), "--report", str(report)]
-            argv += ["--live", str(live), "--resume-dir", str(resume_dir), "--runtime", str(runtime)]
-            if stop_after_steps is not None:
-                argv += ["--stop-after-steps", str(stop_after_steps)]
-            code = launch(config.train.devices, argv)
-            if code:
-                raise PipelineError(
-                    f"training in {config.train.devices} processes per machine failed (torchrun exit code {code}); "
-                    "the processes' own errors are above"
-                )
+            run_train_processes(config, params, data, out, report, live, resume_dir, runtime, stop_after_steps)
             return
         result = run_train(config, data, out, report, live, resume_dir, runtime_path=runtime, stop_after_steps=stop_after_steps)
         if not World.from_env().main:
@@ -152,10 +141,10 @@ def evaluate(
 ) -> None:
     """Score the best checkpoint on the test split: metrics, confusion rows and the worst errors."""
     with reported_errors():
-        from pipeline.evaluate import run_evaluate
         from pipeline.params import load_params
+        from pipeline.stages.evaluate import run_evaluate
 
-        result = run_evaluate(load_params(params), checkpoint, data, raw / "test.parquet", metrics, confusion, errors)
+        result = run_evaluate(load_params(params), checkpoint, data, raw, metrics, confusion, errors)
         typer.echo(
             f"evaluate: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
             f"loss {result['loss']:.4f} on {result['documents']:,} documents -> {metrics}"
@@ -174,10 +163,10 @@ def export(
 ) -> None:
     """Export the best checkpoint to ONNX (fp32 and int8), check parity, measure accuracy and latency."""
     with reported_errors():
-        from pipeline.export import run_export
         from pipeline.params import load_params
+        from pipeline.stages.export import run_export
 
-        r = run_export(load_params(params), checkpoint, data, raw / "test.parquet", out, report, runtime)
+        r = run_export(load_params(params), checkpoint, data, raw, out, report, runtime)
         typer.echo(
             f"export: accuracy torch {r['torch_fp32_accuracy']:.4f}, onnx fp32 {r['onnx_fp32_accuracy']:.4f}, "
             f"int8 {r['onnx_int8_accuracy']:.4f}; max |logit diff| {r['onnx_fp32_max_abs_diff']:.1e}; "
@@ -195,8 +184,8 @@ def baseline(
 ) -> None:
     """Fit TF-IDF + logistic regression on the same splits as the model: the linear model to beat."""
     with reported_errors():
-        from pipeline.baseline import run_baseline
         from pipeline.params import load_params
+        from pipeline.stages.baseline import run_baseline
 
         loaded = load_params(params)
         result = run_baseline(loaded.baseline, loaded.tokenize.language, raw, report, runtime)
@@ -219,14 +208,10 @@ def report(
     """Render every stage's reports into one self-contained HTML page."""
     with reported_errors():
         from pipeline.params import load_params
-        from pipeline.report import run_report
+        from pipeline.stages.report import run_report
 
         result = run_report(load_params(params), params, reports, live, out)
         typer.echo(f"report: {len(result['figures'])} figures, {result['bytes'] / 1e3:,.0f} kB -> {out}")
-
-
-def _looks_like_path(text: str) -> bool:
-    return bool(text) and not any(c.isspace() for c in text) and ("/" in text or "\\" in text or text in (".", ".."))
 
 
 @app.command()
@@ -265,61 +250,20 @@ def predict(
     """Classify texts with an exported bundle (ONNX Runtime and spaCy, or a pretrained model's tokenizer; no torch): one JSON line per text
     with text, label, score and probabilities, in input order, written as each chunk is classified.
     Texts from arguments, --file, or stdin (one per line)."""
-    import pipeline.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
+    import pipeline.text.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
 
     with reported_errors():
-        import sys
-        import time
+        from pipeline.inference.predict import run_predict
 
-        from pipeline.files import atomic_file
-        from pipeline.predict import file_texts, predict_lines, stdin_texts
-
-        texts = list(items or [])
-        if bundle is None:
-            bundle = paths.EXPORT_DIR
-            first = texts[0] if texts else ""
-            if first and Path(first).is_dir():  # the bundle as the first argument
-                bundle, texts = Path(first), texts[1:]
-            elif first and Path(first).is_file() and _looks_like_path(first):
-                raise PipelineError(f"{first} is a file, not a text or a bundle; pass it with --file {first}")
-            elif _looks_like_path(first):
-                raise PipelineError(
-                    f"{first}: no model bundle there (it looks like a path, so it is not taken as a text); "
-                    "run the export stage or pass --bundle FOLDER (with --bundle every argument is a text)"
-                )
-        if texts and file is not None:
-            raise PipelineError("give texts as arguments or with --file, not both")
-        skipped: list[str] = []
-        on_bad = skipped.append if skip_bad else None
-        if texts:
-            source = iter(texts)
-        elif file is not None:
-            source = file_texts(file, column, encoding, on_bad)
-        elif not sys.stdin.isatty():
-            source = stdin_texts(encoding, on_bad)
-        else:
-            raise PipelineError("no texts to classify: pass them as arguments, with --file, or on stdin (one per line)")
-
-        def report_skipped() -> None:
-            if skipped:
-                typer.echo(f"predict: skipped {len(skipped):,} bad lines (--skip-bad); the first: {skipped[0]}", err=True)
-
-        started = time.perf_counter()
-        if out is None:
-            try:
-                predict_lines(bundle, source, sys.stdout, int8=not fp32, batch_size=batch_size, workers=workers)
-                sys.stdout.flush()
-            except BrokenPipeError:  # the reader stopped early (`| head`): not an error
-                import os
-
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            report_skipped()
-            return
-        with atomic_file(out) as handle:
-            count = predict_lines(bundle, source, handle, int8=not fp32, batch_size=batch_size, workers=workers, flush=False)
-        seconds = time.perf_counter() - started
-        report_skipped()
-        typer.echo(f"predict: {count:,} texts in {seconds:.1f} s ({count / max(seconds, 1e-9):,.0f} texts/s) -> {out}", err=True)
+        result = run_predict(
+            list(items or []), bundle, paths.EXPORT_DIR, file, column, encoding, skip_bad, int8=not fp32, out=out,
+            batch_size=batch_size, workers=workers,
+        )
+        if result.skipped:
+            typer.echo(f"predict: skipped {len(result.skipped):,} bad lines (--skip-bad); the first: {result.skipped[0]}", err=True)
+        if out is not None:
+            rate = result.count / max(result.seconds, 1e-9)
+            typer.echo(f"predict: {result.count:,} texts in {result.seconds:.1f} s ({rate:,.0f} texts/s) -> {out}", err=True)
 
 
 @app.command()
@@ -338,25 +282,15 @@ def serve(
     shutdown_seconds: Annotated[float, typer.Option(min=0, help="On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.")] = 30.0,
 ) -> None:
     """Serve the bundle over HTTP: POST /predict {"text": ...} or {"texts": [...]}; GET /health, /metadata."""
-    import pipeline.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
+    import pipeline.text.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
 
     with reported_errors():
-        import socket
-
-        import uvicorn
-
-        from pipeline.serve import Limits, create_app
+        from pipeline.inference.serve import Limits, run_serve
 
         limits = Limits(max_body_bytes, max_texts, max_text_chars, max_batch, max_wait_ms)
-        application = create_app(bundle, int8=not fp32, limits=limits, threads=threads, workers=workers)
-        try:
-            sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=False)
-        except OSError as exc:
-            raise PipelineError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host") from None
-        bound = sock.getsockname()[1]
-        typer.echo(f"serve: {bundle} on http://{host}:{bound} (POST /predict, GET /health, GET /metadata)", err=True)
-        config = uvicorn.Config(application, log_level="warning", timeout_graceful_shutdown=shutdown_seconds, access_log=False)
-        uvicorn.Server(config).run(sockets=[sock])
+        announce = lambda url: typer.echo(f"serve: {bundle} on {url} (POST /predict, GET /health, GET /metadata)", err=True)  # noqa: E731
+        run_serve(bundle, host, port, int8=not fp32, limits=limits, threads=threads, workers=workers,
+                  shutdown_seconds=shutdown_seconds, announce=announce)
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """Typed, strictly validated params.yaml.
 
-Every default lives here, one line each; params.yaml repeats them so DVC can
-track each key. An unknown key, a wrong type or a value out of range is a
+The schema: every key's type, range and default, one line each; params.yaml repeats the
+defaults so DVC tracks each key (a test keeps the two equal). No default here changes a result
+in any other way: what a null means is decided beside the code that uses it (below), so
+that the stage that uses it depends on it in dvc.yaml. An unknown key, a wrong type or a value out of range is a
 PipelineError that names the key path, e.g. ``tokenize.min_freq``.
 
 Rules that tie keys together are checked here too (model_validator), so that no
@@ -15,10 +17,11 @@ Not rules, on purpose:
 - train.eval_every and train.accumulate: both count optimizer steps.
 - train.mode max with monitor loss: odd but allowed (a test uses it).
 
-Some keys take null for "what suits the architecture": tokenize.max_tokens (per tokenizer)
-and the train keys in ARCH_TRAIN_DEFAULTS. They are resolved in one place each
-(TokenizeParams.spacy_max_tokens, the tokenize stage for a pretrained model's limit, and
-TrainParams.resolved); an explicit value always wins.
+Some keys take null for "what suits the architecture": tokenize.max_tokens (per tokenizer:
+pipeline/text/settings.py for spaCy, pipeline/text/subwords.py for a pretrained model) and
+the train keys in pipeline/training/recipe.py's table; an explicit value always wins. Rules
+that need the resolved value (a transformer's positions or a CNN's widths against
+max_tokens) are checked by the train stage against the tokenized data (models.check_fits).
 """
 
 from __future__ import annotations
@@ -26,7 +29,6 @@ from __future__ import annotations
 import codecs
 import re
 import reprlib
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -169,9 +171,6 @@ class DownloadParams(Section):
         return self
 
 
-SPACY_MAX_TOKENS = 1000  # tokenize.max_tokens null with spaCy (IMDB: 3% of reviews are longer)
-
-
 class TokenizeParams(Section):
     language: Name = "en"  # spaCy language code for spacy.blank (rule-based tokenizer, no model download); not for pretrained
     lowercase: bool = True  # spaCy only: a pretrained model's tokenizer lower-cases if the model was trained so
@@ -182,11 +181,6 @@ class TokenizeParams(Section):
     max_vocab: int | None = Field(default=50_000, ge=3, le=INT32_MAX)  # including <pad> and <unk>
     workers: int | None = Field(default=None, ge=1)  # None: every core
     batch_size: int = Field(default=256, ge=1)  # documents per worker task
-
-    @property
-    def spacy_max_tokens(self) -> int:
-        """max_tokens for the spaCy tokenizer (a pretrained model's limit is known only to the tokenize stage)."""
-        return self.max_tokens if self.max_tokens is not None else SPACY_MAX_TOKENS
 
 
 class BagParams(Section):
@@ -252,35 +246,12 @@ class ModelParams(Section):
         return self
 
 
-@dataclass(frozen=True)
-class TrainDefaults:
-    lr: float
-    batch_size: int
-    max_epochs: int
-    warmup: float
-    weight_decay: float
-
-
-# What null means for these train keys, per architecture; an explicit value always wins.
-# From scratch: the defaults BENCHMARKS.md measured. Fine-tuning: the usual BERT recipe
-# (Devlin et al. 2019; Sun et al. 2019): a small lr, 10% warmup, a few epochs.
-FROM_SCRATCH = TrainDefaults(lr=0.01, batch_size=64, max_epochs=30, warmup=0.05, weight_decay=0.01)
-ARCH_TRAIN_DEFAULTS: dict[str, TrainDefaults] = {
-    # bag: 0.01 overfits large data within 2 epochs (IMDB 0.9025 vs 0.9112 at 0.005, BENCHMARKS.md "Defaults")
-    "bag": replace(FROM_SCRATCH, lr=0.005),
-    "cnn": FROM_SCRATCH,
-    "lstm": FROM_SCRATCH,
-    "transformer": FROM_SCRATCH,
-    "pretrained": TrainDefaults(lr=5e-5, batch_size=32, max_epochs=3, warmup=0.1, weight_decay=0.01),
-}
-
-
 class TrainParams(Section):
     seed: Seed = 0  # weights, dropout and batch order; the same seed gives the same metrics on CPU
     device: Device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
     devices: int = Field(default=1, ge=1)  # processes on this machine; >1: DDP through torchrun (a GPU each, or CPU with gloo)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    # null for batch_size, max_epochs, lr, weight_decay and warmup: the architecture's value in ARCH_TRAIN_DEFAULTS
+    # null for batch_size, max_epochs, lr, weight_decay and warmup: the architecture's value (pipeline/training/recipe.py)
     batch_size: int | None = Field(default=None, ge=1)  # documents per optimizer step (before accumulation), over all processes
     accumulate: int = Field(default=1, ge=1)  # batches per optimizer step
     max_epochs: int | None = Field(default=None, ge=1)  # a cap, not a budget: early stopping ends runs (5 left small data undertrained)
@@ -299,11 +270,6 @@ class TrainParams(Section):
     compile: bool = False  # torch.compile the model (slow to start, faster on GPU)
     threads: int | None = Field(default=None, ge=1)  # CPU threads for torch, per process; null: every core (shared by the processes)
     tensorboard: bool = False  # also write the curves as TensorBoard event files in reports/train/tensorboard
-
-    def resolved(self, arch: str) -> TrainParams:
-        """These params with every null replaced by the architecture's default (ARCH_TRAIN_DEFAULTS)."""
-        defaults = asdict(ARCH_TRAIN_DEFAULTS[arch])
-        return self.model_copy(update={key: value for key, value in defaults.items() if getattr(self, key) is None})
 
 
 class EvaluateParams(Section):
@@ -347,28 +313,6 @@ class Params(Section):
     export: ExportParams = ExportParams()
     baseline: BaselineParams = BaselineParams()
     report: ReportParams = ReportParams()
-
-    def resolved(self) -> Params:
-        """The params as they run: train's nulls replaced by `model.arch`'s defaults."""
-        return self.model_copy(update={"train": self.train.resolved(self.model.arch)})
-
-    @model_validator(mode="after")
-    def _sections_agree(self) -> Params:
-        model, max_tokens = self.model, self.tokenize.spacy_max_tokens
-        if model.arch == "transformer" and model.transformer.max_positions < max_tokens:
-            raise KeyRuleError(
-                "model.transformer.max_positions",
-                f"is below tokenize.max_tokens ({max_tokens}): the model would silently cut longer documents; "
-                "raise it or lower tokenize.max_tokens",
-                model.transformer.max_positions,
-            )
-        if model.arch == "cnn" and max(model.cnn.widths) > max_tokens:
-            raise KeyRuleError(
-                "model.cnn.widths",
-                f"has a width above tokenize.max_tokens ({max_tokens}): no document is that long; use narrower filters",
-                model.cnn.widths,
-            )
-        return self
 
 
 SHOWN_CHARS = 80  # of an offending value or key in an error message

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import assert_user_error, needs_shared, run_cli, write_params
 
-from pipeline.baseline import C_GRID, run_baseline
-from pipeline.download import run_download
+from pipeline.stages.baseline import C_GRID, run_baseline
+from pipeline.stages.download import run_download
 from pipeline.params import BaselineParams, parse_params
 
 
@@ -83,7 +83,7 @@ def test_tfidf_features_equal_scikit_learns_vectorizer(workers, analyzer, ngrams
     import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    from pipeline.baseline import tfidf_features
+    from pipeline.text.tfidf import tfidf_features
 
     rng = np.random.default_rng(0)
     words = ["good", "bad", "Film", "plot", "ÉTÉ", "acting", "boring", "loved", "it", "was", "球队", "x"]
@@ -102,24 +102,24 @@ def test_tfidf_features_equal_scikit_learns_vectorizer(workers, analyzer, ngrams
 
 
 def test_tfidf_features_refuse_an_empty_vocabulary():
-    from pipeline.baseline import tfidf_features
+    from pipeline.text.tfidf import tfidf_features
 
     with pytest.raises(ValueError, match="empty vocabulary"):
         tfidf_features("word", (1, 2), 2, ["alpha beta", "gamma delta"], [], 2, min_texts_per_worker=1)
 
 
-def test_a_hash_collision_falls_back_to_scikit_learn(monkeypatch):
-    """Chunks are merged by hash; were two n-grams ever to share one, the strings disagree and
-    the result still equals TfidfVectorizer's (computed by it)."""
+def test_tfidf_features_do_not_depend_on_the_start_method():
+    """Worker processes started by spawn (fresh interpreters, each with its own hash seed) give
+    TfidfVectorizer's matrices too: nothing process-specific crosses into the merge."""
     import numpy as np
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    import pipeline.baseline as baseline
+    from pipeline.text.tfidf import tfidf_features
 
-    monkeypatch.setattr(baseline, "hash", lambda term: len(term) % 3, raising=False)  # collisions everywhere
-    train = ["good film", "bad film", "good plot", "bad plot", "film plot"] * 3
-    ours, (ours_test,), features = baseline.tfidf_features("word", (1, 2), 2, train, [["good bad film"]], 2, min_texts_per_worker=1)
+    train = ["good film", "bad film", "good plot", "bad plot", "film plot", "a plot twist"] * 3
+    ours, (ours_test,), features = tfidf_features("word", (1, 2), 2, train, [["good bad film", "plot twist"]], 2,
+                                                  min_texts_per_worker=1, start_method="spawn")
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2, dtype=np.float32)
     assert (ours != vectorizer.fit_transform(train)).nnz == 0
-    assert (ours_test != vectorizer.transform(["good bad film"])).nnz == 0
+    assert (ours_test != vectorizer.transform(["good bad film", "plot twist"])).nnz == 0
     assert features == len(vectorizer.vocabulary_)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.batching import TokenizedSplit, length_grouped_batches
+from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
 from pipeline.errors import PipelineError
 
 

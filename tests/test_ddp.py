@@ -14,10 +14,10 @@ import torch
 from conftest import REPO, TINY_MODEL, TINY_TOKENIZE, write_params
 from test_train import processed, same_weights, test_accuracy  # noqa: F401 (processed is a fixture)
 
-from pipeline.batching import TokenizedSplit
-from pipeline.engine import load_checkpoint
+from pipeline.data.tokenized import TokenizedSplit
+from pipeline.training.checkpoint import load_checkpoint
 from pipeline.params import parse_params
-from pipeline.train import fingerprint
+from pipeline.training.checkpoint import fingerprint
 
 
 def train_cli(root: Path, processed: Path, *extra: str, timeout: int = 240, **train) -> subprocess.CompletedProcess:  # noqa: F811

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import assert_user_error, labelled_rows, needs_shared, run_cli, write_csv, write_params, write_tree
 
-from pipeline.download import run_download
+from pipeline.stages.download import run_download
 from pipeline.errors import PipelineError
 from pipeline.params import DownloadParams
 
@@ -173,7 +173,7 @@ def test_single_file_is_deduplicated_before_it_is_split(tmp_path):
 
 
 def test_dedup_at_imdb_size(tmp_path):
-    from pipeline.download import deduplicate
+    from pipeline.data.dedup import deduplicate
 
     words = [f"word{i}" for i in range(500)]
     # 50,000 reviews of 100 words; the last 5,000 (in test) repeat the first 5,000 (in train)

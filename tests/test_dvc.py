@@ -134,12 +134,20 @@ def test_repro_experiments_and_diffs(project):
     assert '"actual"' in page and '"predicted"' in page and "HEAD~1" in page
 
     # editing one stage's code reruns that stage only: evaluate's outputs do not change, so nothing after it runs
-    with (project / "pipeline" / "evaluate.py").open("a") as handle:
+    with (project / "pipeline" / "stages" / "evaluate.py").open("a") as handle:
         handle.write("\n# an edit\n")
     assert ran(sh("dvc", "repro", cwd=project)) == ["evaluate"]
-    with (project / "pipeline" / "report.py").open("a") as handle:
+    with (project / "pipeline" / "stages" / "report.py").open("a") as handle:
         handle.write("\n# an edit\n")
     assert ran(sh("dvc", "repro", cwd=project)) == ["report"]
+    # a per-architecture default is the train stage's dependency: editing it makes train stale, not the stages before it
+    recipe = project / "pipeline" / "training" / "recipe.py"
+    edited = recipe.read_text().replace('"bag": replace(FROM_SCRATCH, lr=0.005)', '"bag": replace(FROM_SCRATCH, lr=0.004)')
+    assert edited != recipe.read_text()
+    recipe.write_text(edited)
+    status = sh("dvc", "status", cwd=project)
+    assert "train:" in status and "pipeline/training" in status, status
+    assert "download:" not in status and "tokenize:" not in status, status
     set_param(project, "download", "seed", 7)
     assert ran(sh("dvc", "repro", cwd=project)) == STAGES
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from conftest import assert_user_error, labelled_rows, needs_shared, run_cli, write_csv, write_params
 
-from pipeline.evaluate import run_evaluate
+from pipeline.stages.evaluate import run_evaluate
 from pipeline.params import parse_params
 
 # noisy enough that the model makes mistakes: some "pos" rows carry negative words
@@ -64,7 +64,7 @@ def test_run_evaluate_matches_the_cli(project, tmp_path):
     assert run_cli("evaluate", cwd=project).returncode == 0
     params = parse_params({**SETTINGS, "download": {"source": "x"}})
     metrics = run_evaluate(
-        params, project / "models/train/best.pt", project / "data/processed", project / "data/raw/test.parquet",
+        params, project / "models/train/best.pt", project / "data/processed", project / "data/raw",
         tmp_path / "m.json", tmp_path / "c.csv", tmp_path / "e.csv",
     )
     assert metrics == json.loads((project / "reports" / "metrics.json").read_text())

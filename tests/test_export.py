@@ -14,12 +14,13 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from conftest import FAST_EXPORT, REPO, TINY_MODEL, TINY_TOKENIZE, assert_user_error, labelled_rows, run_cli, write_csv
+from conftest import FAST_EXPORT, REPO, TINY_MODEL, assert_user_error, labelled_rows, run_cli, write_csv
 
-from pipeline.bundle import MANIFEST, Bundle, onnx_session, run_session, sha256_of
-from pipeline.export import edge_inputs, run_export
+from pipeline.files import sha256_of
+from pipeline.inference.bundle import MANIFEST, Bundle, onnx_session, run_session
+from pipeline.stages.export import edge_inputs, run_export
 from pipeline.params import parse_params
-from pipeline.train import run_train
+from pipeline.stages.train import run_train
 
 def predict(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -72,10 +73,11 @@ def test_bundle_and_report(project):
 @pytest.mark.parametrize("arch", ["bag", "cnn", "lstm", "transformer"])
 def test_every_architecture_exports_with_parity(project, arch, tmp_path):
     processed, raw = project / "data" / "processed", project / "data" / "raw"
-    # tokenize params are not used here; TINY_TOKENIZE only declares what the tiny transformer covers
-    params = parse_params({"tokenize": TINY_TOKENIZE, "model": {**TINY_MODEL, "arch": arch}, "train": {"max_epochs": 1, "lr": 0.02, "threads": 1}, "export": FAST_EXPORT})
+    # the project's data keeps up to 1000 tokens: the tiny transformer needs that many positions
+    model = {**TINY_MODEL, "arch": arch, "transformer": {**TINY_MODEL["transformer"], "max_positions": 1000}}
+    params = parse_params({"model": model, "train": {"max_epochs": 1, "lr": 0.02, "threads": 1}, "export": FAST_EXPORT})
     run_train(params, processed, tmp_path / "models", tmp_path / "train.json", tmp_path / "live", tmp_path / "resume", progress=False)
-    report = run_export(params, tmp_path / "models" / "best.pt", processed, raw / "test.parquet", tmp_path / "export", tmp_path / "export.json")
+    report = run_export(params, tmp_path / "models" / "best.pt", processed, raw, tmp_path / "export", tmp_path / "export.json")
     assert report["onnx_fp32_max_abs_diff"] <= 1e-4, report
     assert report["onnx_fp32_accuracy"] == report["torch_fp32_accuracy"]
     assert abs(report["onnx_int8_accuracy"] - report["onnx_fp32_accuracy"]) <= 0.1
@@ -83,7 +85,7 @@ def test_every_architecture_exports_with_parity(project, arch, tmp_path):
     assert quantized >= {"DynamicQuantizeLSTM"} if arch == "lstm" else quantized >= {"DequantizeLinear"}
 
     # the empty text and a one-token text run through the exported graph, and agree with PyTorch
-    from pipeline.batching import TokenizedSplit
+    from pipeline.data.tokenized import TokenizedSplit
 
     session = onnx_session(tmp_path / "export" / "model.onnx")
     ids, lengths = edge_inputs(TokenizedSplit(processed / "test"))
@@ -234,13 +236,13 @@ def _scaled_table(source: Path, target: Path, factor: float) -> Path:
 
 
 def test_the_export_gate_fails_on_broken_graphs(project, tmp_path):
-    from pipeline.engine import load_scoring_inputs, model_from_checkpoint
+    from pipeline.training.checkpoint import load_scoring_inputs, model_from_checkpoint
     from pipeline.errors import PipelineError
-    from pipeline.export import check_gate
+    from pipeline.stages.export import check_gate
 
     bundle = project / "models" / "export"
     checkpoint, _, test, _ = load_scoring_inputs(project / "models" / "train" / "best.pt", project / "data" / "processed",
-                                                 project / "data" / "raw" / "test.parquet")
+                                                 project / "data" / "raw")
     model = model_from_checkpoint(checkpoint)
     config = parse_params({"export": FAST_EXPORT}).export
     fp32, int8 = onnx_session(bundle / "model.onnx"), onnx_session(bundle / "model.int8.onnx")

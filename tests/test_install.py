@@ -47,6 +47,6 @@ def test_light_install_predicts_without_torch(project, tmp_path):
     from_file = run("-m", "pipeline", "predict", "--bundle", str(project / "models" / "export"), "--file", "reviews.csv", "--column", "review")
     assert from_file.returncode == 0, from_file.stderr  # files are read without pandas
     assert [json.loads(line)["label"] for line in from_file.stdout.splitlines()] == ["pos", "neg"]
-    served = run("-c", "import pathlib, pipeline.torchless; from pipeline.serve import create_app; "
+    served = run("-c", "import pathlib, pipeline.text.torchless; from pipeline.inference.serve import create_app; "
                        f"create_app(pathlib.Path({str(project / 'models' / 'export')!r})); print('ok')")
     assert served.stdout.strip() == "ok", served.stderr

@@ -102,7 +102,7 @@ def test_bag_binary_counts_each_feature_once_and_max_pooling_sees_it():
 def test_bag_min_count_drops_ngrams_of_a_single_train_document(tmp_path):
     import numpy as np
 
-    from pipeline.batching import TokenizedSplit
+    from pipeline.data.tokenized import TokenizedSplit
 
     docs = [[5, 6, 7], [5, 6, 8], [9, 7, 5]]  # the bigram (5, 6) is in two documents, (6, 7) in one
     folder = tmp_path / "train"
@@ -132,3 +132,24 @@ def test_model_params_are_validated():
         parse_params({"model": {"arch": "rnn"}})
     with pytest.raises(Exception, match="model.cnn.widths.0"):
         parse_params({"model": {"cnn": {"widths": [0, 3]}}})
+
+
+@pytest.mark.parametrize(
+    ("model", "max_tokens", "fitting", "fragments"),
+    [
+        ({"arch": "transformer", "transformer": {"max_positions": 999}}, 1000, 999, ["model.transformer.max_positions: 999", "tokenize.max_tokens (1000)"]),
+        ({"arch": "transformer", "transformer": {"max_positions": 64}}, 100, 64, ["model.transformer.max_positions: 64", "tokenize.max_tokens (100)"]),
+        ({"arch": "cnn", "cnn": {"widths": [3, 60]}}, 50, 60, ["model.cnn.widths", "width above tokenize.max_tokens (50)"]),
+    ],
+)
+def test_an_architecture_must_fit_the_tokenized_documents(model, max_tokens, fitting, fragments):
+    from pipeline.errors import PipelineError
+    from pipeline.models import check_fits
+
+    config = ModelParams.model_validate(model)
+    with pytest.raises(PipelineError) as raised:
+        check_fits(config, max_tokens)
+    for fragment in fragments:
+        assert fragment in str(raised.value)
+    check_fits(config, fitting)  # at the limit it fits
+    check_fits(ModelParams.model_validate({**model, "arch": "bag"}), max_tokens)  # the rules bind only the arch they are for

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.optimizers import RowSparseAdam
 from pipeline.params import Params
-from pipeline.train import make_optimizers
+from pipeline.training.optimizers import RowSparseAdam, make_optimizers
+from pipeline.training.recipe import resolved
 
 
 def _train(optimizer_class, steps: int = 25) -> tuple[torch.Tensor, dict]:
@@ -73,7 +73,7 @@ def test_row_sparse_adam_refuses_dense_gradients():
 def test_training_puts_the_bag_table_under_row_sparse_adam():
     from pipeline.models import build_model
 
-    params = Params().resolved()
+    params = resolved(Params())
     model = build_model(params.model, vocab_size=30, num_classes=2)
     dense, sparse = make_optimizers(model, params.train)
     assert isinstance(sparse, RowSparseAdam)

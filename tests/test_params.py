@@ -284,9 +284,6 @@ TRANSFORMER = {"model.arch": "transformer"}
 RULE = [
     ("model.transformer.heads", 3, "must divide model.embed_dim (32) evenly", TRANSFORMER),
     ("model.transformer.heads", 4, "must divide model.embed_dim (30) evenly", {**TRANSFORMER, "model.embed_dim": 30}),
-    ("model.transformer.max_positions", 999, "is below tokenize.max_tokens (1000)", TRANSFORMER),
-    ("model.transformer.max_positions", 64, "is below tokenize.max_tokens (100)", {**TRANSFORMER, "tokenize.max_tokens": 100}),
-    ("model.cnn.widths", [3, 60], "width above tokenize.max_tokens (50)", {"model.arch": "cnn", "tokenize.max_tokens": 50}),
     ("download.splits.test", "train", "must differ from download.splits.train", {}),
     ("download.splits.validation", "train", "must differ from download.splits.train and .test", {}),
     ("download.splits.validation", "test", "must differ from download.splits.train and .test", {}),
@@ -423,7 +420,6 @@ def test_cli_cuts_a_long_error_line(tmp_path):
     ("command", "sections", "fragments"),
     [
         ("train", {"model": {"arch": "transformer", "transformer": {"heads": 3}}}, ["model.transformer.heads", "must divide model.embed_dim"]),
-        ("tokenize", {"tokenize": {"max_tokens": 2000}, "model": {"arch": "transformer"}}, ["model.transformer.max_positions", "tokenize.max_tokens (2000)"]),
         ("download", {"download": {"source": "x.csv", "text_columns": ["text", "label"]}}, ["download.label_column", "is also in download.text_columns"]),
         ("export", {"export": {"opset": 12}}, ["export.opset", "greater than or equal to 17"]),
     ],
@@ -436,10 +432,11 @@ def test_cli_reports_broken_rules_in_one_line(tmp_path, command, sections, fragm
 def test_null_train_params_take_the_architecture_defaults():
     from typing import get_args
 
-    from pipeline.params import ARCH_TRAIN_DEFAULTS, ModelParams
+    from pipeline.params import ModelParams
+    from pipeline.training.recipe import ARCH_TRAIN_DEFAULTS, resolved
 
     def picked(params: Params) -> tuple:
-        train = params.resolved().train
+        train = resolved(params).train
         return train.lr, train.batch_size, train.max_epochs, train.warmup, train.weight_decay
 
     assert set(ARCH_TRAIN_DEFAULTS) == set(get_args(ModelParams.model_fields["arch"].annotation))  # every arch has its row
@@ -449,12 +446,11 @@ def test_null_train_params_take_the_architecture_defaults():
     assert picked(parse_params({"model": {"arch": "pretrained"}})) == (5e-5, 32, 3, 0.1, 0.01)  # fine-tuning
     explicit = parse_params({"model": {"arch": "pretrained"}, "train": {"lr": 1e-4, "max_epochs": 5, "warmup": 0.0}})
     assert picked(explicit) == (1e-4, 32, 5, 0.0, 0.01)  # a value the user set always wins, 0 included
-    assert Params().train.lr is None and Params().resolved().train.schedule == "linear"  # only the nulls change
+    assert Params().train.lr is None and resolved(Params()).train.schedule == "linear"  # only the nulls change
 
 
 def test_tokenize_max_tokens_null_is_per_tokenizer():
-    assert Params().tokenize.spacy_max_tokens == 1000
-    assert parse_params({"tokenize": {"max_tokens": 300}}).tokenize.spacy_max_tokens == 300
-    # a transformer's positions are checked against what spaCy will keep
-    assert_names_key(nested({"model.arch": "transformer", "model.transformer.max_positions": 999}), "model.transformer.max_positions", "(1000)")
-    parse_params(nested({"model.arch": "pretrained", "model.transformer.max_positions": 8}))  # not the pretrained model's concern
+    from pipeline.text.settings import spacy_settings
+
+    assert spacy_settings(Params().tokenize).max_tokens == 1000
+    assert spacy_settings(parse_params({"tokenize": {"max_tokens": 300}}).tokenize).max_tokens == 300

@@ -21,16 +21,18 @@ from test_dvc import ran, sh
 from test_export import predict, predict_watching_imports, records
 from test_train import learned, same_weights
 
-from pipeline.batching import TokenizedSplit
-from pipeline.bundle import MANIFEST, Bundle, Classifier
-from pipeline.download import run_download
-from pipeline.engine import load_checkpoint, model_from_checkpoint, predict_logits
+from pipeline.data.tokenized import TokenizedSplit
+from pipeline.inference.bundle import MANIFEST, Bundle
+from pipeline.inference.classifier import Classifier
+from pipeline.stages.download import run_download
+from pipeline.training.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.training.loader import predict_logits
 from pipeline.metrics import classification_metrics
 from pipeline.params import DownloadParams, Params, parse_params
-from pipeline.pretrained_text import SubwordTokenizer, load_tokenizer
-from pipeline.text import TextSettings, truncate
-from pipeline.tokenizing import run_tokenize
-from pipeline.train import SimulatedKill, run_train
+from pipeline.text.subwords import SubwordTokenizer, load_tokenizer
+from pipeline.text.settings import TextSettings, truncate
+from pipeline.stages.tokenize import run_tokenize
+from pipeline.stages.train import SimulatedKill, run_train
 
 MAX_TOKENS = 10  # most fixture texts are longer (11-12 tokens with [CLS] and [SEP]): truncation is exercised
 STAGES = ["baseline", "download", "evaluate", "export", "report", "tokenize", "train"]
@@ -252,7 +254,7 @@ def test_predict_repeats_tokenize_exactly_without_torch(project, tmp_path):
     assert abs(accuracy - json.loads((project / "reports" / "export.json").read_text())["onnx_int8_accuracy"]) <= 1 / len(texts)
 
     served = subprocess.run(
-        [sys.executable, "-c", "import pathlib, sys, pipeline.torchless; from pipeline.serve import create_app; "
+        [sys.executable, "-c", "import pathlib, sys, pipeline.text.torchless; from pipeline.inference.serve import create_app; "
          f"create_app(pathlib.Path({str(bundle)!r})); print(sorted(m for m in ('torch', 'transformers', 'spacy') if sys.modules.get(m)))"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
     )

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from conftest import REPO, assert_user_error, run_cli
 
-from pipeline.bundle import MANIFEST
+from pipeline.inference.bundle import MANIFEST
 from test_export import predict, records
 
 LIMITS = ["--max-body-bytes", "20000", "--max-texts", "8", "--max-text-chars", "2000"]

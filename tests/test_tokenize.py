@@ -12,9 +12,9 @@ import pytest
 import spacy
 from conftest import assert_user_error, labelled_rows, run_cli, write_csv, write_params
 
-from pipeline.download import run_download
+from pipeline.stages.download import run_download
 from pipeline.params import DownloadParams, TokenizeParams
-from pipeline.tokenizing import run_tokenize
+from pipeline.stages.tokenize import run_tokenize
 
 
 @pytest.fixture

@@ -11,13 +11,16 @@ import pytest
 import torch
 from conftest import TINY_MODEL, TINY_TOKENIZE, assert_user_error, labelled_rows, run_cli, write_csv, write_params
 
-from pipeline.batching import TokenizedSplit
-from pipeline.download import run_download
-from pipeline.engine import load_checkpoint, model_from_checkpoint, predict_logits
+from pipeline.data.tokenized import TokenizedSplit
+from pipeline.stages.download import run_download
+from pipeline.training.checkpoint import load_checkpoint, model_from_checkpoint
+from pipeline.training.loader import predict_logits
 from pipeline.metrics import classification_metrics
 from pipeline.params import Params, TrainParams, parse_params
-from pipeline.tokenizing import run_tokenize
-from pipeline.train import SimulatedKill, Tracker, learning_rate, run_train
+from pipeline.stages.tokenize import run_tokenize
+from pipeline.stages.train import SimulatedKill, run_train
+from pipeline.training.early_stopping import Tracker
+from pipeline.training.schedule import learning_rate
 
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.batching import TokenizedSplit
+from pipeline.data.tokenized import TokenizedSplit
 from pipeline.models.masks import masked_max, masked_mean, padding_mask
 from pipeline.params import ModelParams
 

@@ -23,6 +23,7 @@ from torch import nn
 from pipeline.errors import PipelineError, clip, first_line
 from pipeline.models.masks import masked_mean, padding_mask
 from pipeline.params import ModelParams
+from pipeline.text.subwords import model_folder
 
 
 def _transformers():
@@ -44,8 +45,6 @@ class Pretrained(nn.Module):
         super().__init__()
         transformers = _transformers()
         if encoder_config is None:  # training: the pretrained weights
-            from pipeline.pretrained_text import model_folder
-
             folder = model_folder(config.pretrained)
             try:
                 self.encoder = transformers.AutoModel.from_pretrained(str(folder))

@@ -1,4 +1,4 @@
-"""Text -> token hashes -> token ids, shared by `tokenize` and `predict`.
+"""spaCy's rule-based tokenizer: text -> token hashes -> token ids, shared by `tokenize` and `predict`.
 
 spaCy's rule-based tokenizer gives each token a 64-bit hash of its text (or of
 its lower-case form). We work on those hashes with NumPy and look strings up
@@ -9,63 +9,15 @@ No torch here: `predict` must run without it.
 from __future__ import annotations
 
 import multiprocessing
-import re
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.text.settings import UNK_ID, TextSettings, truncate
 
-PAD, UNK = "<pad>", "<unk>"
-PAD_ID, UNK_ID = 0, 1
-HTML_TAG = re.compile(r"<[^>]{1,40}>")
 MAX_LEXEMES = 200_000  # token types spaCy may cache in `Hasher.hash_bounded` before it starts afresh
-
-
-TRUNCATIONS = ("head", "head_tail")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TextSettings:
-    """What turns a text into tokens; saved beside the vocabulary (text.json) so inference
-    repeats it exactly. `tokenizer` "spacy": spaCy's rules for `language`, `lowercase`;
-    "pretrained": the model's own tokenizer, tokenizer.json beside text.json (language and
-    lowercase are then None: that tokenizer decides). A text.json written before `truncation`
-    and `tokenizer` existed reads as head truncation by spaCy, which is what it was."""
-
-    language: str | None = None
-    lowercase: bool | None = None
-    strip_html: bool
-    max_tokens: int
-    truncation: str = "head"  # head | head_tail (see `truncate`)
-    tokenizer: str = "spacy"  # spacy | pretrained
-
-    def to_dict(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if value is not None}
-
-    @property
-    def in_worker_processes(self) -> bool:
-        """Whether large inputs are tokenized in worker processes (`Workers`): spaCy holds the GIL;
-        a pretrained model's tokenizer spreads each batch over every core by itself."""
-        return self.tokenizer == "spacy"
-
-    def clean(self, text: str) -> str:
-        """The text as the tokenizer reads it: HTML tags replaced by a space when `strip_html`."""
-        return HTML_TAG.sub(" ", text) if self.strip_html else text
-
-
-def truncate(tokens: np.ndarray, budget: int, truncation: str) -> np.ndarray:
-    """At most `budget` tokens: the first ones (head), or the first quarter and the last three
-    quarters (head_tail: Sun et al. 2019 found head 128 + tail 382 best for long IMDB reviews,
-    whose verdict is often at the end)."""
-    if len(tokens) <= budget:
-        return tokens
-    if truncation == "head_tail":
-        head = budget // 4
-        return np.concatenate([tokens[:head], tokens[len(tokens) - (budget - head) :]])
-    return tokens[:budget]
 
 
 # Languages whose spaCy tokenizer needs a package that spaCy does not install (spaCy 3.8,
@@ -204,11 +156,11 @@ class Workers:
             _init_worker(self.settings)
         else:
             # forkserver: no fork of a threaded parent (pyarrow, ONNX Runtime), yet workers start
-            # fast because the server imports spaCy once (without torch: see pipeline.torchless).
+            # fast because the server imports spaCy once (without torch: see pipeline.text.torchless).
             method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
             context = multiprocessing.get_context(method)
             if method == "forkserver":
-                context.set_forkserver_preload(["pipeline.torchless", "spacy", "pipeline.text"])
+                context.set_forkserver_preload(["pipeline.text.torchless", "spacy", "pipeline.text.spacy_tokenizer"])
             self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.settings,))
         return self
 

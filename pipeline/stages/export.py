@@ -38,8 +38,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 from pipeline import __version__
-from pipeline.batching import TokenizedSplit
-from pipeline.bundle import (
+from pipeline.data.tokenized import TokenizedSplit
+from pipeline.inference.bundle import (
     BUNDLE_FORMAT,
     FP32_MODEL,
     INT8_MODEL,
@@ -49,19 +49,20 @@ from pipeline.bundle import (
     TOKENIZER,
     VOCAB,
     Bundle,
-    Classifier,
     file_entry,
     onnx_session,
     pad_batch,
     run_session,
     session_logits,
 )
-from pipeline.engine import load_scoring_inputs, model_from_checkpoint, predict_logits
+from pipeline.inference.classifier import Classifier
 from pipeline.errors import PipelineError
 from pipeline.files import staged_dir, write_json
 from pipeline.metrics import classification_metrics
 from pipeline.params import ExportParams, Params
 from pipeline.system import available_cores
+from pipeline.training.checkpoint import load_scoring_inputs, model_from_checkpoint
+from pipeline.training.loader import predict_logits
 
 # ops whose weights ONNX Runtime's dynamic quantization turns to int8 (Gather: embedding tables)
 QUANTIZED_OPS = ["Gather", "MatMul", "Gemm", "Conv", "LSTM", "Attention"]
@@ -132,7 +133,7 @@ def edge_inputs(test: TokenizedSplit) -> tuple[np.ndarray, np.ndarray]:
 def check_tokenizer(classifier: Classifier, texts, test: TokenizedSplit, rng: np.random.Generator) -> int:
     """Tokenize raw test texts the way `predict` does; every one must give the stored ids."""
     picked = np.sort(rng.choice(len(test), min(len(test), TOKENIZER_CHECK_DOCUMENTS), replace=False))
-    encoded = classifier.encode([texts.iloc[i] or "" for i in picked])
+    encoded = classifier.encode([texts[i] for i in picked])
     for index, ids in zip(picked, encoded):
         expected = test.ids[test.offsets[index] : test.offsets[index + 1]]
         if not np.array_equal(ids, expected):
@@ -262,7 +263,7 @@ def run_export(
     params: Params,
     checkpoint_path: Path,
     processed: Path,
-    raw_test: Path,
+    raw_dir: Path,
     out_dir: Path,
     report_path: Path,
     runtime_path: Path | None = None,
@@ -274,76 +275,19 @@ def run_export(
     started = time.perf_counter()
     threads = config.threads or available_cores()
     torch.set_num_threads(threads)
-    checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_test)
+    checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_dir)
     model = model_from_checkpoint(checkpoint)
-    actual = test.labels.astype(np.int64)
-
-    pretrained = checkpoint["text"].get("tokenizer") == "pretrained"
-    text_files = (VOCAB, LABELS, TEXT_SETTINGS, TOKENIZER) if pretrained else (VOCAB, LABELS, TEXT_SETTINGS)
     with staged_dir(out_dir) as bundle_dir:
-        export_onnx(model, checkpoint["vocab_size"], bundle_dir / FP32_MODEL, config.opset)
-        int8_ops = quantize_int8(bundle_dir / FP32_MODEL, bundle_dir / INT8_MODEL, config.int8_min_weights)
-        for name in text_files:
-            source = processed / name
-            if not source.is_file():
-                raise PipelineError(f"{source} not found; rerun the tokenize stage")
-            shutil.copyfile(source, bundle_dir / name)
-        manifest = {
-            "format": BUNDLE_FORMAT,
-            "pipeline_version": __version__,
-            "arch": checkpoint["model_config"]["arch"],
-            "opset": config.opset,
-            "inputs": {"ids": "int64 [batch, time], token ids right-padded with 0", "lengths": "int64 [batch]"},
-            "outputs": {"logits": "float32 [batch, classes], in labels.json order"},
-            "int8_quantized_ops": int8_ops,
-            "versions": library_versions(pretrained),
-            "params": {
-                "model": checkpoint["model_config"],
-                "text": json.loads((processed / TEXT_SETTINGS).read_text(encoding="utf-8")),
-                "export": config.model_dump(),
-            },
-            "files": {name: file_entry(bundle_dir / name) for name in (FP32_MODEL, INT8_MODEL, *text_files)},
-        }
-        write_json(bundle_dir / MANIFEST, manifest)
-
+        manifest = write_bundle(model, checkpoint, processed, bundle_dir, config)
         bundle = Bundle.load(bundle_dir, verify=())  # the checksums were just taken from these very files
         fp32 = onnx_session(bundle_dir / FP32_MODEL, threads)
         classifier = Classifier(bundle, int8=True, threads=threads)
-        int8 = classifier.session
         manifest["tokenizer"] = classifier.tokenizer_record()
         write_json(bundle_dir / MANIFEST, manifest)
         checked = check_tokenizer(classifier, texts, test, np.random.default_rng(config.seed))
-        gate = check_gate(model, test, fp32, int8, config)
-        torch_logits, fp32_logits, int8_logits = gate["torch"], gate["fp32"], gate["int8"]
-        fp32_diff, int8_diff = gate["fp32_diff"], gate["int8_diff"]
-
-        def torch_call(ids: np.ndarray, lengths: np.ndarray) -> None:
-            with torch.inference_mode():
-                model(torch.from_numpy(ids), torch.from_numpy(lengths))
-
-        speed = measure_speed(
-            {"torch_fp32": torch_call, "onnx_fp32": lambda *x: run_session(fp32, *x), "onnx_int8": lambda *x: run_session(int8, *x)},
-            test,
-            config,
-        )
-
-    accuracy = {name: classification_metrics(logits, actual, labels)["accuracy"] for name, logits in
-                (("torch_fp32", torch_logits), ("onnx_fp32", fp32_logits), ("onnx_int8", int8_logits))}
-    fp32_bytes, int8_bytes = manifest["files"][FP32_MODEL]["bytes"], manifest["files"][INT8_MODEL]["bytes"]
-    report = {
-        "torch_fp32_accuracy": accuracy["torch_fp32"],
-        "onnx_fp32_accuracy": accuracy["onnx_fp32"],
-        "onnx_int8_accuracy": accuracy["onnx_int8"],
-        "onnx_int8_accuracy_drop": round(accuracy["torch_fp32"] - accuracy["onnx_int8"], 6),
-        "onnx_int8_agreement": round(float((int8_logits.argmax(1) == torch_logits.argmax(1)).mean()), 6),
-        "onnx_fp32_max_abs_diff": float(fp32_diff),
-        "onnx_int8_max_abs_diff": float(int8_diff),
-        "onnx_fp32_bytes": fp32_bytes,
-        "onnx_int8_bytes": int8_bytes,
-        "onnx_int8_size_ratio": round(int8_bytes / fp32_bytes, 4),
-        "documents": len(test),
-        "tokenizer_checked_documents": checked,
-    }
+        gate = check_gate(model, test, fp32, classifier.session, config)
+        speed = measure_speed(engines(model, fp32, classifier.session), test, config)
+    report = {**export_report(gate, test.labels.astype(np.int64), labels, manifest), "tokenizer_checked_documents": checked}
     runtime = {
         **speed,
         "int8_speedup_batch1": round(speed["latency_ms_batch1_torch_fp32"] / speed["latency_ms_batch1_onnx_int8"], 3),
@@ -357,3 +301,66 @@ def run_export(
     if runtime_path is not None:
         write_json(runtime_path, runtime)
     return {**report, **runtime}
+
+
+def write_bundle(model: torch.nn.Module, checkpoint: dict, processed: Path, bundle_dir: Path, config: ExportParams) -> dict:
+    """The ONNX graphs (fp32, int8), the tokenizer's files from data/processed and the manifest,
+    into `bundle_dir`; returns the manifest."""
+    pretrained = checkpoint["text"].get("tokenizer") == "pretrained"
+    text_files = (VOCAB, LABELS, TEXT_SETTINGS, TOKENIZER) if pretrained else (VOCAB, LABELS, TEXT_SETTINGS)
+    export_onnx(model, checkpoint["vocab_size"], bundle_dir / FP32_MODEL, config.opset)
+    int8_ops = quantize_int8(bundle_dir / FP32_MODEL, bundle_dir / INT8_MODEL, config.int8_min_weights)
+    for name in text_files:
+        source = processed / name
+        if not source.is_file():
+            raise PipelineError(f"{source} not found; rerun the tokenize stage")
+        shutil.copyfile(source, bundle_dir / name)
+    manifest = {
+        "format": BUNDLE_FORMAT,
+        "pipeline_version": __version__,
+        "arch": checkpoint["model_config"]["arch"],
+        "opset": config.opset,
+        "inputs": {"ids": "int64 [batch, time], token ids right-padded with 0", "lengths": "int64 [batch]"},
+        "outputs": {"logits": "float32 [batch, classes], in labels.json order"},
+        "int8_quantized_ops": int8_ops,
+        "versions": library_versions(pretrained),
+        "params": {
+            "model": checkpoint["model_config"],
+            "text": json.loads((processed / TEXT_SETTINGS).read_text(encoding="utf-8")),
+            "export": config.model_dump(),
+        },
+        "files": {name: file_entry(bundle_dir / name) for name in (FP32_MODEL, INT8_MODEL, *text_files)},
+    }
+    write_json(bundle_dir / MANIFEST, manifest)
+    return manifest
+
+
+def engines(model: torch.nn.Module, fp32_session, int8_session) -> dict[str, Callable]:
+    """The three engines as calls on (ids, lengths), for timing."""
+
+    def torch_call(ids: np.ndarray, lengths: np.ndarray) -> None:
+        with torch.inference_mode():
+            model(torch.from_numpy(ids), torch.from_numpy(lengths))
+
+    return {"torch_fp32": torch_call, "onnx_fp32": lambda *x: run_session(fp32_session, *x), "onnx_int8": lambda *x: run_session(int8_session, *x)}
+
+
+def export_report(gate: dict, actual: np.ndarray, labels: list[str], manifest: dict) -> dict:
+    """What export.json says: accuracy of each engine, int8's drop and agreement, parity, sizes."""
+    torch_logits, int8_logits = gate["torch"], gate["int8"]
+    accuracy = {name: classification_metrics(gate[key], actual, labels)["accuracy"] for name, key in
+                (("torch_fp32", "torch"), ("onnx_fp32", "fp32"), ("onnx_int8", "int8"))}
+    fp32_bytes, int8_bytes = manifest["files"][FP32_MODEL]["bytes"], manifest["files"][INT8_MODEL]["bytes"]
+    return {
+        "torch_fp32_accuracy": accuracy["torch_fp32"],
+        "onnx_fp32_accuracy": accuracy["onnx_fp32"],
+        "onnx_int8_accuracy": accuracy["onnx_int8"],
+        "onnx_int8_accuracy_drop": round(accuracy["torch_fp32"] - accuracy["onnx_int8"], 6),
+        "onnx_int8_agreement": round(float((int8_logits.argmax(1) == torch_logits.argmax(1)).mean()), 6),
+        "onnx_fp32_max_abs_diff": float(gate["fp32_diff"]),
+        "onnx_int8_max_abs_diff": float(gate["int8_diff"]),
+        "onnx_fp32_bytes": fp32_bytes,
+        "onnx_int8_bytes": int8_bytes,
+        "onnx_int8_size_ratio": round(int8_bytes / fp32_bytes, 4),
+        "documents": len(actual),
+    }

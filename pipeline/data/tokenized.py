@@ -1,23 +1,31 @@
-"""Reading the tokenize stage's outputs (and the raw texts they came from), and grouping
-documents into batches of similar length.
+"""The tokenized splits (data/processed), written by `tokenize` and read by every later stage,
+and grouping documents into batches of similar length.
 
-Torch-free (NumPy; pandas only to read texts) so that inference without torch can reuse it. Grouping by
-length means little compute is spent on padding: documents are shuffled, sorted
-by length inside pools of many batches, cut into batches, and the batches shuffled.
+Per split, in data/processed/<split>/:
+  ids.npy      int32, every document's token ids back to back
+  offsets.npy  int64, document i is ids[offsets[i]:offsets[i+1]]
+  labels.npy   int64 class ids (index into labels.json)
+These load with np.load(mmap_mode="r"), so later stages never build Python lists.
+Beside them: vocab.json (token, train count; list index = id), labels.json and text.json
+(the settings that turn text into tokens, for inference), and a pretrained model's tokenizer.json.
+
+NumPy only, so that inference without torch can reuse it. Grouping by length means little
+compute is spent on padding: documents are shuffled, sorted by length inside pools of many
+batches, cut into batches, and the batches shuffled.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 import numpy as np
 
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_file
 
-if TYPE_CHECKING:
-    import pandas as pd
+REMAP_CHUNK = 1 << 22  # tokens mapped to ids per step by `write_ids`, bounding memory
 
 
 class TokenizedSplit:
@@ -58,19 +66,6 @@ def read_labels(processed: Path) -> list[str]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def read_test_texts(raw_test: Path, expected: int) -> pd.Series:
-    """The test split's texts, checked to be the ones the tokenized test split came from."""
-    import pandas as pd
-
-    try:
-        texts = pd.read_parquet(raw_test, columns=["text"])["text"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise PipelineError(f"{raw_test}: cannot read the test texts ({exc}); rerun the download stage") from None
-    if len(texts) != expected:
-        raise PipelineError(f"{raw_test} has {len(texts):,} rows but the tokenized test split {expected:,}; rerun dvc repro")
-    return texts
-
-
 def read_vocab_size(processed: Path) -> int:
     path = processed / "vocab.json"
     try:
@@ -95,3 +90,34 @@ def length_grouped_batches(
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def write_ids(staging: Path, split: str, kept: np.ndarray, to_ids: Callable[[np.ndarray], np.ndarray],
+              unknown_id: int | None, dtype: type = np.uint64) -> int:
+    """Map the split's token file (`dtype`: spaCy's hashes, or ids already) to int32 ids in ids.npy,
+    with offsets; returns how many are `unknown_id`."""
+    folder = staging / split
+    folder.mkdir()
+    tokens_path = staging / f"{split}.tokens"
+    total = int(kept.sum())
+    tokens = np.memmap(tokens_path, dtype=dtype, mode="r") if total else np.empty(0, dtype)
+    ids = np.lib.format.open_memmap(folder / "ids.npy", mode="w+", dtype=np.int32, shape=(total,))
+    unknown = 0
+    for start in range(0, total, REMAP_CHUNK):
+        chunk = to_ids(np.asarray(tokens[start : start + REMAP_CHUNK]))
+        unknown += int((chunk == unknown_id).sum()) if unknown_id is not None else 0
+        ids[start : start + len(chunk)] = chunk
+    ids.flush()
+    del ids, tokens
+    tokens_path.unlink()
+    np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum(kept)]).astype(np.int64))
+    return unknown
+
+
+def write_vocab(path: Path, tokens: list[str], counts: list[int]) -> None:
+    """One [token, train count] pair per line: readable, diffable, and the list index is the id."""
+    with atomic_file(path) as handle:
+        handle.write('{\n  "tokens": [\n')
+        lines = [json.dumps([t, c], ensure_ascii=False) for t, c in zip(tokens, counts)]
+        handle.write(",\n".join(f"    {line}" for line in lines))
+        handle.write("\n  ]\n}\n")

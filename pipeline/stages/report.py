@@ -27,10 +27,22 @@ from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_file, read_json
 from pipeline.params import Params
-from pipeline.text import HTML_TAG
+from pipeline.text.settings import HTML_TAG
+from pipeline.training.live import CURVES
 
-CURVES = "plots/metrics"  # under the DVCLive folder
 RUNTIME = "runtime"  # under the reports folder: <stage>.json with timings and device
+# what the page is made of: each file under the reports folder, and the stage that writes it
+# (dvc.yaml's report stage depends on each; tests/test_layout.py checks that it does)
+INPUTS = {
+    "data.json": "download",
+    "tokenize.json": "tokenize", f"{RUNTIME}/tokenize.json": "tokenize",
+    "train.json": "train", f"{RUNTIME}/train.json": "train",
+    "metrics.json": "evaluate", "confusion.csv": "evaluate", "errors.csv": "evaluate",
+    "export.json": "export", f"{RUNTIME}/export.json": "export",
+    "baseline.json": "baseline", f"{RUNTIME}/baseline.json": "baseline",
+}
+CSV_COLUMNS = {"confusion.csv": ["actual", "predicted"], "errors.csv": ["text", "actual", "predicted", "confidence"]}
+TEMPLATE = "report.html.j2"  # in pipeline/templates/
 CJK_FONTS = ["Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR", "Source Han Sans", "WenQuanYi Micro Hei",
              "Microsoft YaHei", "PingFang SC", "Hiragino Sans", "Malgun Gothic", "Apple SD Gothic Neo"]
 PALETTE = ["#3b6fb6", "#e07b39", "#4a9d5b", "#b8433e", "#7d5ba6", "#8c6d46"]
@@ -40,21 +52,21 @@ def _read_json(path: Path, stage: str) -> Any:
     return read_json(path, f"run the {stage} stage (dvc repro)")
 
 
-def _read_csv(path: Path, stage: str, columns: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, stage: str) -> pd.DataFrame:
     try:
         frame = pd.read_csv(path, keep_default_na=False)
     except FileNotFoundError:
         raise PipelineError(f"{path} not found; run the {stage} stage first (dvc repro)") from None
     except (OSError, ValueError) as exc:
         raise PipelineError(f"{path}: not a readable CSV ({exc}); rerun the {stage} stage") from None
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in CSV_COLUMNS[path.name] if c not in frame.columns]
     if missing:
         raise PipelineError(f"{path} lacks column(s) {', '.join(missing)}; rerun the {stage} stage")
     return frame
 
 
 def read_curve(live_dir: Path, name: str) -> pd.DataFrame | None:
-    """One DVCLive series (step, value), or None if the run did not log it."""
+    """One logged series (step, value), or None if the run did not log it."""
     path = live_dir / CURVES / f"{name}.tsv"
     if not path.is_file():
         return None
@@ -221,15 +233,12 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
     import jinja2
     import yaml
 
-    data = _read_json(reports / "data.json", "download")
+    read = {name: (_read_csv if name.endswith(".csv") else _read_json)(reports / name, stage) for name, stage in INPUTS.items()}
+    data, metrics = read["data.json"], read["metrics.json"]
     # each stage's metrics and its runtime numbers (timings, device) side by side on the page
-    tokenize = {**_read_json(reports / "tokenize.json", "tokenize"), **_read_json(reports / RUNTIME / "tokenize.json", "tokenize")}
-    train = {**_read_json(reports / "train.json", "train"), **_read_json(reports / RUNTIME / "train.json", "train")}
-    metrics = _read_json(reports / "metrics.json", "evaluate")
-    baseline = {**_read_json(reports / "baseline.json", "baseline"), **_read_json(reports / RUNTIME / "baseline.json", "baseline")}
-    export = {**_read_json(reports / "export.json", "export"), **_read_json(reports / RUNTIME / "export.json", "export")}
-    confusion = _read_csv(reports / "confusion.csv", "evaluate", ["actual", "predicted"]).astype(str)
-    errors = _read_csv(reports / "errors.csv", "evaluate", ["text", "actual", "predicted", "confidence"])
+    tokenize, train, baseline, export = ({**read[f"{stage}.json"], **read[f"{RUNTIME}/{stage}.json"]} for stage in ("tokenize", "train", "baseline", "export"))
+    confusion = read["confusion.csv"].astype(str)
+    errors = read["errors.csv"]
     labels = [str(c) for c in data["classes"]]
     unknown = sorted(set(confusion["actual"]).union(confusion["predicted"]) - set(labels))
     if unknown:
@@ -250,7 +259,7 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
     )
     environment.filters["num"] = lambda v, digits=4: f"{v:,.{digits}f}" if isinstance(v, (int, float)) else "–"
     environment.filters["count"] = lambda v: f"{v:,}" if isinstance(v, (int, float)) else "–"
-    html = environment.get_template("report.html.j2").render(
+    html = environment.get_template(TEMPLATE).render(
         version=__version__,
         arch=params.model.arch,
         params=yaml.safe_dump(params.model_dump(), sort_keys=False, allow_unicode=True),

@@ -13,7 +13,7 @@ texts per request and characters per text (413), malformed JSON (400), a wrong s
 every error body is JSON {"error": ...}. Uvicorn's graceful shutdown on SIGTERM lets
 in-flight requests finish; the batch thread stops after them.
 
-Import pipeline.torchless before this module where torch must stay out (the CLI does).
+Import pipeline.text.torchless before this module where torch must stay out (the CLI does).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import json
 import platform
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +37,10 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from pipeline import __version__
-from pipeline.bundle import FP32_MODEL, INT8_MODEL, LABELS, MANIFEST, TEXT_SETTINGS, VOCAB, Bundle, Classifier
-from pipeline.text import Hasher, Workers
+from pipeline.errors import PipelineError
+from pipeline.inference.bundle import FP32_MODEL, INT8_MODEL, LABELS, MANIFEST, TEXT_SETTINGS, VOCAB, Bundle
+from pipeline.inference.classifier import Classifier, prediction
+from pipeline.text.spacy_tokenizer import Hasher, Workers
 
 
 @dataclass(frozen=True)
@@ -139,10 +141,6 @@ class Batcher:
             start += len(batch)
 
 
-def _short(probability: float) -> float:
-    return float(f"{probability:.6g}")
-
-
 def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), threads: int = 1, workers: int = 0) -> Starlette:
     """The app for one bundle, loaded and checked now (a PipelineError if it is bad). `workers`
     tokenizing processes (spaCy holds the GIL, so a process of its own leaves this one free for
@@ -162,10 +160,6 @@ def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), t
         return classifier.probabilities(classifier.token_ids(tokens, lengths), limits.max_batch)
 
     batcher = Batcher(classify, limits.max_batch, limits.max_wait_ms, concurrent=workers + 1)
-
-    def prediction(row: np.ndarray) -> dict:
-        top = int(row.argmax())
-        return {"label": labels[top], "score": _short(row[top]), "probabilities": {n: _short(p) for n, p in zip(labels, row)}}
 
     async def read_body(request: Request) -> bytes | JSONResponse:
         declared = request.headers.get("content-length")
@@ -205,8 +199,8 @@ def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), t
             return JSONResponse({"predictions": []})
         rows = await batcher.probabilities(texts)
         if parsed.text is not None:
-            return JSONResponse(prediction(rows[0]))
-        return JSONResponse({"predictions": [prediction(row) for row in rows]})
+            return JSONResponse(prediction(rows[0], labels))
+        return JSONResponse({"predictions": [prediction(row, labels) for row in rows]})
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -255,3 +249,23 @@ def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), t
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+
+
+def run_serve(
+    bundle_dir: Path, host: str, port: int, int8: bool = True, limits: Limits = Limits(), threads: int = 1, workers: int = 0,
+    shutdown_seconds: float = 30.0, announce: Callable[[str], None] = print,
+) -> None:
+    """Load the bundle, listen on host:port (0: a free port), `announce` the URL, and serve until
+    SIGTERM or Ctrl-C, letting in-flight requests finish for up to `shutdown_seconds`."""
+    import socket
+
+    import uvicorn
+
+    application = create_app(bundle_dir, int8=int8, limits=limits, threads=threads, workers=workers)
+    try:
+        sock = socket.create_server((host, port), family=socket.AF_INET6 if ":" in host else socket.AF_INET, reuse_port=False)
+    except OSError as exc:
+        raise PipelineError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port or --host") from None
+    announce(f"http://{host}:{sock.getsockname()[1]}")
+    config = uvicorn.Config(application, log_level="warning", timeout_graceful_shutdown=shutdown_seconds, access_log=False)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 from pipeline import __version__
 from pipeline.errors import PipelineError
+from pipeline.files import sha256_of
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
 CHUNK_BYTES = 1 << 20
@@ -24,14 +25,6 @@ def is_url(source: str) -> bool:
 
 def is_archive(path: Path) -> bool:
     return path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def folder_sha256(folder: Path, suffixes: tuple[str, ...] | None) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from pipeline.errors import PipelineError, first_line
-from pipeline.readers import TABLE_FORMATS
+from pipeline.data.readers import TABLE_FORMATS
 
 KEPT_SUFFIXES = {*TABLE_FORMATS, ".txt"}  # what the readers read; other members are listed, not read
 SKIPPED = ("__MACOSX",)  # macOS resource forks: never data

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.errors import PipelineError, clip, first_line
-from pipeline.text import TextSettings, truncate
+from pipeline.text.settings import TextSettings, truncate
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-    from pipeline.params import PretrainedParams
+    from pipeline.params import PretrainedParams, TokenizeParams
 
 TOKENIZER_FILE = "tokenizer.json"
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or owner/name
@@ -208,3 +208,17 @@ class SubwordTokenizer:
         """The id of the model's unknown token ([UNK]), if it has one (byte-level BPE has none)."""
         unknown = getattr(self.tokenizer.model, "unk_token", None)
         return self.tokenizer.token_to_id(unknown) if unknown else None
+
+
+def pretrained_tokenizer(params: TokenizeParams, pretrained: PretrainedParams) -> SubwordTokenizer:
+    """The model's tokenizer with the tokenize params; tokenize.max_tokens null is the model's
+    input limit, and a larger one is an error (the model has no positions for it)."""
+    folder = model_folder(pretrained)
+    limit = model_max_tokens(folder)
+    if params.max_tokens is not None and params.max_tokens > limit:
+        raise PipelineError(
+            f"tokenize.max_tokens: {params.max_tokens} is above what {clip(pretrained.source)} takes ({limit} tokens, special tokens included); "
+            f"lower it, or set it to null for {limit}"
+        )
+    settings = TextSettings(strip_html=params.strip_html, max_tokens=params.max_tokens or limit, truncation=params.truncation, tokenizer="pretrained")
+    return SubwordTokenizer(load_tokenizer(folder), settings)

@@ -1,4 +1,5 @@
-"""Adam for sparse embedding gradients, by plain row indexing.
+"""The optimizers: AdamW for dense weights, and Adam for sparse embedding gradients by plain
+row indexing (RowSparseAdam); one optimizer step with the schedule's rate and clipping.
 
 The same algorithm as torch.optim.SparseAdam ("lazy" Adam: only the rows a batch used move,
 their moments decay only when used, one step count per table), computed with
@@ -12,6 +13,9 @@ from __future__ import annotations
 import math
 
 import torch
+from torch import nn
+
+from pipeline.params import TrainParams
 
 
 class RowSparseAdam(torch.optim.Optimizer):
@@ -55,3 +59,46 @@ class RowSparseAdam(torch.optim.Optimizer):
                 # rows are unique after coalesce: a read-modify-write is exact and much faster than index_add_
                 param.index_copy_(0, rows, param.index_select(0, rows).sub_(update, alpha=step_size))
         return loss
+
+
+def make_optimizers(model: nn.Module, config: TrainParams) -> list[torch.optim.Optimizer]:
+    """Sparse Adam for sparse embedding tables (only the rows a batch used move), AdamW for the
+    rest, with weight decay on weight matrices and none on biases, norms and embeddings."""
+    sparse, decay, no_decay = [], [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, nn.Embedding) and module.sparse:
+                sparse.append(param)
+            elif param.ndim >= 2 and not isinstance(module, nn.Embedding):
+                decay.append(param)
+            else:
+                no_decay.append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizers: list[torch.optim.Optimizer] = [torch.optim.AdamW([g for g in groups if g["params"]], lr=config.lr)]
+    if sparse:
+        optimizers.append(RowSparseAdam(sparse, lr=config.lr))
+    return optimizers
+
+
+def optimizer_step(model: nn.Module, optimizers: list[torch.optim.Optimizer], clip_norm: float | None, lr: float) -> None:
+    """One step of every optimizer at learning rate `lr`, dense gradients clipped to `clip_norm`."""
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+    if clip_norm is not None:
+        # sparse embedding gradients are left out: they touch few rows and cannot be clipped in place
+        dense = [p for p in model.parameters() if p.grad is not None and not p.grad.is_sparse]
+        nn.utils.clip_grad_norm_(dense, clip_norm)
+    for optimizer in optimizers:
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def dense_embeddings(model: nn.Module) -> bool:
+    """Turn sparse embedding tables dense (for backends that cannot all-reduce sparse gradients);
+    true if there were any."""
+    found = False
+    for module in model.modules():
+        if isinstance(module, nn.Embedding) and module.sparse:
+            module.sparse, found = False, True
+    return found

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import PipelineError
 from pipeline.system import available_cores
+from pipeline.training.device import resolve_device
 
 # torchrun's own settings, read from the environment when its flags are absent (PET_<FLAG>):
 # with one of these set, the self-launch joins that rendezvous instead of a standalone one
@@ -117,29 +117,16 @@ class World:
 def join(device_name: str) -> tuple[World, torch.device]:
     """Join the process group when launched by torchrun and pick this process's device:
     cuda:LOCAL_RANK with NCCL when the device param allows CUDA and it is there, else the CPU
-    with gloo. Without a launch: a world of 1 and `device_name` as given (resolved by the caller)."""
-    from pipeline.engine import resolve_device
-
+    with gloo. Without a launch: a world of 1 and `device_name` resolved."""
     if not launched():
         return World(), resolve_device(device_name)
     where = World.from_env()
-    rank, size, local_rank, local_size = where.rank, where.size, where.local_rank, where.local_size
-    kind = torch.device(device_name).type if device_name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    if kind == "cuda":
-        if not torch.cuda.is_available() or local_rank >= torch.cuda.device_count():
-            raise PipelineError(
-                f"process {local_rank} on this machine has no GPU ({torch.cuda.device_count()} visible); "
-                "set train.devices (or torchrun's --nproc_per_node) to at most the GPU count, or train.device to cpu"
-            )
-        device = torch.device("cuda", local_rank)
+    device = resolve_device(device_name, where.local_rank)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if backend == "nccl":
         torch.cuda.set_device(device)
-        backend = "nccl"
-    elif kind == "cpu":
-        device, backend = torch.device("cpu"), "gloo"
-    else:
-        raise PipelineError(f"train.device {device_name!r} cannot train across processes; use auto, cuda or cpu")
     dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
-    return World(rank, size, local_rank, local_size, backend), device
+    return World(where.rank, where.size, where.local_rank, where.local_size, backend), device
 
 
 def shard(batch: np.ndarray, world: World) -> np.ndarray:

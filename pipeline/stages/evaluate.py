@@ -15,21 +15,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.engine import load_scoring_inputs, model_from_checkpoint, predict_logits, resolve_device
 from pipeline.files import atomic_file, write_json
 from pipeline.metrics import classification_metrics, softmax
 from pipeline.params import Params
 from pipeline.system import available_cores
+from pipeline.training.checkpoint import load_scoring_inputs, model_from_checkpoint
+from pipeline.training.device import resolve_device
+from pipeline.training.loader import predict_logits
 
 
-def worst_errors(texts: pd.Series, logits: np.ndarray, actual: np.ndarray, labels: list[str], count: int, chars: int) -> pd.DataFrame:
+def worst_errors(texts: list[str], logits: np.ndarray, actual: np.ndarray, labels: list[str], count: int, chars: int) -> pd.DataFrame:
     """The `count` mistakes the model was surest of, most confident first."""
     probabilities = softmax(logits.astype(np.float64))
     predicted = probabilities.argmax(1)
     wrong = np.flatnonzero(predicted != actual)
     confidence = probabilities[wrong, predicted[wrong]]
     picked = wrong[np.argsort(-confidence, kind="stable")[:count]]
-    cut = [text if len(text) <= chars else text[: chars - 1].rstrip() + "…" for text in texts.iloc[picked]]
+    cut = [texts[i] if len(texts[i]) <= chars else texts[i][: chars - 1].rstrip() + "…" for i in picked]
     names = np.asarray(labels, dtype=object)
     return pd.DataFrame(
         {
@@ -45,7 +47,7 @@ def run_evaluate(
     params: Params,
     checkpoint_path: Path,
     processed: Path,
-    raw_test: Path,
+    raw_dir: Path,
     metrics_path: Path,
     confusion_path: Path,
     errors_path: Path,
@@ -53,7 +55,7 @@ def run_evaluate(
     """Score the checkpoint on the test split and write the three reports."""
     config = params.evaluate
     torch.set_num_threads(available_cores())
-    checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_test)
+    checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_dir)
 
     device = resolve_device(config.device)
     model = model_from_checkpoint(checkpoint).to(device)

@@ -10,30 +10,35 @@ lines are written, in input order, and flushed as soon as it is done. Memory sta
 whatever the input size: a few chunks in flight, and spaCy's lexeme cache is started afresh
 when it grows large.
 
-Import pipeline.torchless before this module where torch must stay out (the CLI does).
+Import pipeline.text.torchless before this module where torch must stay out (the CLI does).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TextIO
 
 import numpy as np
 
-from pipeline.bundle import FP32_MODEL, INT8_MODEL, LABELS, TEXT_SETTINGS, VOCAB, Bundle, Classifier
+from pipeline.data.readers import stream_records, table_format
 from pipeline.errors import PipelineError
+from pipeline.files import atomic_file
+from pipeline.inference.bundle import FP32_MODEL, INT8_MODEL, LABELS, TEXT_SETTINGS, VOCAB, Bundle
+from pipeline.inference.classifier import Classifier, prediction
 from pipeline.system import available_cores
-from pipeline.text import Hasher, Workers
+from pipeline.text.spacy_tokenizer import Hasher, Workers
 
 CHUNK = 512  # texts per tokenizing task: large enough to amortize the worker round trip
 PAUSE_SECONDS = 0.05  # input idle this long: classify what has arrived instead of waiting for a full chunk
-STREAM_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 
 
 def file_texts(path: Path, column: str = "text", encoding: str = "utf-8", on_bad: Callable[[str], None] | None = None) -> Iterator[str]:
@@ -47,7 +52,7 @@ def file_texts(path: Path, column: str = "text", encoding: str = "utf-8", on_bad
         raise PipelineError(f"{path} is a folder; pass a text file, CSV/TSV or JSON Lines with --file") from None
     except OSError as exc:
         raise PipelineError(f"{path}: cannot read it ({exc.strerror})") from None
-    return _records(handle, str(path), STREAM_FORMATS.get(path.suffix.lower()), column, encoding, on_bad)
+    return _records(handle, str(path), table_format(path), column, encoding, on_bad)
 
 
 def stdin_texts(encoding: str = "utf-8", on_bad: Callable[[str], None] | None = None) -> Iterator[str]:
@@ -56,26 +61,13 @@ def stdin_texts(encoding: str = "utf-8", on_bad: Callable[[str], None] | None = 
 
 
 def _records(handle: BinaryIO, where: str, fmt: str | None, column: str, encoding: str, on_bad) -> Iterator[str]:
-    from pipeline.readers import stream_records
-
     with handle:
         for _, text in stream_records(handle, where, fmt, column, encoding, on_bad):
             yield text
 
 
-def _short(probability: float) -> float:
-    """Six significant digits: readable, and a small probability does not collapse to 0."""
-    return float(f"{probability:.6g}")
-
-
 def json_lines(texts: list[str], probabilities: np.ndarray, names: list[str]) -> str:
-    lines = []
-    for text, row in zip(texts, probabilities):
-        top = int(row.argmax())
-        record = {"text": text, "label": names[top], "score": _short(row[top]),
-                  "probabilities": {name: _short(p) for name, p in zip(names, row)}}
-        lines.append(json.dumps(record, ensure_ascii=False))
-    return "\n".join(lines) + "\n"
+    return "".join(json.dumps({"text": text, **prediction(row, names)}, ensure_ascii=False) + "\n" for text, row in zip(texts, probabilities))
 
 
 _END = object()
@@ -193,3 +185,75 @@ def predict_lines(
     finally:
         if pool is not None:
             pool.__exit__(None, None, None)
+
+
+# --- the command: which texts, which bundle, where the lines go ------------------------------
+def _looks_like_path(text: str) -> bool:
+    return bool(text) and not any(c.isspace() for c in text) and ("/" in text or "\\" in text or text in (".", ".."))
+
+
+def bundle_and_texts(items: list[str], bundle: Path | None, default: Path) -> tuple[Path, list[str]]:
+    """The bundle and the texts among the arguments: without --bundle, a first argument that is
+    a folder is the bundle; a path that is no folder is an error rather than a text."""
+    if bundle is not None:
+        return bundle, items
+    first = items[0] if items else ""
+    if first and Path(first).is_dir():
+        return Path(first), items[1:]
+    if first and Path(first).is_file() and _looks_like_path(first):
+        raise PipelineError(f"{first} is a file, not a text or a bundle; pass it with --file {first}")
+    if _looks_like_path(first):
+        raise PipelineError(
+            f"{first}: no model bundle there (it looks like a path, so it is not taken as a text); "
+            "run the export stage or pass --bundle FOLDER (with --bundle every argument is a text)"
+        )
+    return default, items
+
+
+@dataclass
+class Predicted:
+    count: int | None  # texts classified (None when the reader of stdout stopped early)
+    seconds: float
+    skipped: list[str] = field(default_factory=list)  # the messages of the bad lines skipped (--skip-bad)
+
+
+def run_predict(
+    items: list[str],
+    bundle: Path | None,
+    default_bundle: Path,
+    file: Path | None = None,
+    column: str = "text",
+    encoding: str = "utf-8",
+    skip_bad: bool = False,
+    int8: bool = True,
+    out: Path | None = None,
+    batch_size: int = 64,
+    workers: int | None = None,
+) -> Predicted:
+    """Classify the texts (arguments, `file`, or stdin) into JSON Lines on stdout, or atomically
+    into `out`."""
+    bundle, texts = bundle_and_texts(items, bundle, default_bundle)
+    if texts and file is not None:
+        raise PipelineError("give texts as arguments or with --file, not both")
+    result = Predicted(None, 0.0)
+    on_bad = result.skipped.append if skip_bad else None
+    if texts:
+        source: Iterator[str] = iter(texts)
+    elif file is not None:
+        source = file_texts(file, column, encoding, on_bad)
+    elif not sys.stdin.isatty():
+        source = stdin_texts(encoding, on_bad)
+    else:
+        raise PipelineError("no texts to classify: pass them as arguments, with --file, or on stdin (one per line)")
+    started = time.perf_counter()
+    if out is None:
+        try:
+            result.count = predict_lines(bundle, source, sys.stdout, int8=int8, batch_size=batch_size, workers=workers)
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader stopped early (`| head`): not an error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    else:
+        with atomic_file(out) as handle:
+            result.count = predict_lines(bundle, source, handle, int8=int8, batch_size=batch_size, workers=workers, flush=False)
+    result.seconds = time.perf_counter() - started
+    return result

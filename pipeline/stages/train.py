@@ -1,0 +1,158 @@
+"""`train` stage: data/processed -> models/train/best.pt, reports/train.json, the curves.
+
+One loop for CPU, one GPU and DDP (its steps: pipeline/training/trainer.py). Outputs:
+models/train/best.pt holds what inference needs (weights, model config, classes, tokenizer
+settings); reports/train.json what the run learned (metrics); reports/runtime/train.json how
+it ran (timings, device, memory: not metrics, so `dvc metrics diff` stays about quality).
+On success the best checkpoint moves into the outputs and the resume folder is removed.
+
+With `train.devices` > 1 (or a multi-node rendezvous in the environment) the command runs
+itself in that many processes under torchrun (`run_train_processes`); each of them runs
+`run_train`, which joins the process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.data.tokenized import TokenizedSplit, read_labels, read_vocab_size
+from pipeline.errors import PipelineError
+from pipeline.files import link_or_copy, read_json, staged_dir, write_json
+from pipeline.models import build_model, check_fits
+from pipeline.params import Params
+from pipeline.system import available_cores
+from pipeline.training.checkpoint import fingerprint
+from pipeline.training.device import peak_memory_mb, resolve_precision
+from pipeline.training.distributed import World, join, launch
+from pipeline.training.live import Console
+from pipeline.training.recipe import RESOLVED_KEYS, resolved
+from pipeline.training.trainer import Setup, SimulatedKill, Trainer
+
+__all__ = ["SimulatedKill", "run_train", "run_train_processes"]
+
+
+def run_train(
+    params: Params,
+    processed: Path,
+    out_dir: Path,
+    report_path: Path,
+    live_dir: Path,
+    resume_dir: Path,
+    runtime_path: Path | None = None,
+    progress: bool | None = None,
+    stop_after_steps: int | None = None,
+) -> dict[str, Any]:
+    """Train `params.model` on data/processed; returns the report (metrics and runtime together).
+    In a process that torchrun started, joins the process group and trains its share (every
+    rank returns the same report; rank 0 alone writes). `stop_after_steps` raises SimulatedKill
+    after that many steps, on every rank, leaving the resume state as a kill would (tests use it)."""
+    params = resolved(params)  # train's nulls: the architecture's defaults
+    world, device = join(params.train.device)
+    with contextlib.closing(world):  # leaves the process group however training ends
+        started = time.perf_counter()
+        setup = prepare(params, processed, world, device, resume_dir)
+        console = Console(progress if world.main else False)
+        if world.main:
+            console.line(f"train: {params.model.arch}, " + ", ".join(f"{key} {getattr(params.train, key):g}" for key in RESOLVED_KEYS))
+        trainer = Trainer(setup, build_model(params.model, setup.vocab_size, len(setup.labels)).to(device), console, live_dir)
+        trainer.restore()
+        for batch in trainer.batches():
+            if not trainer.train_step(batch):
+                continue  # gradients accumulate until the optimizer steps
+            if stop_after_steps is not None and trainer.progress.step >= stop_after_steps:
+                raise SimulatedKill(f"stopped after {trainer.progress.step} steps")
+            if trainer.validation_due():
+                trainer.save(trainer.validate())
+        if not trainer.validated_last_step:  # eval_every left a tail unvalidated
+            trainer.save(trainer.validate())
+        return finish(trainer, time.perf_counter() - started, out_dir, report_path, runtime_path)
+
+
+def prepare(params: Params, processed: Path, world: World, device: torch.device, resume_dir: Path) -> Setup:
+    """Threads, seed and numerics for this process; the tokenized data, checked."""
+    config = params.train
+    precision = resolve_precision(config.precision, device)
+    # processes on one machine share its cores
+    torch.set_num_threads(config.threads or max(available_cores() // world.local_size, 1))
+    torch.manual_seed(config.seed + world.rank)  # rank 0 draws the initial weights (DDP copies them); dropout differs per rank
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    labels = read_labels(processed)
+    train, validation = TokenizedSplit(processed / "train"), TokenizedSplit(processed / "validation")
+    if len(train) == 0 or len(validation) == 0:
+        raise PipelineError("the train or validation split is empty; check the download stage's output")
+    for name, split in (("train", train), ("validation", validation)):
+        if split.labels.min() < 0 or split.labels.max() >= len(labels):
+            raise PipelineError(f"{name} labels do not match labels.json; rerun the tokenize stage")
+    text_settings = read_json(processed / "text.json", "rerun the tokenize stage")
+    check_fits(params.model, int(text_settings["max_tokens"]))
+    return Setup(
+        params, world, device, precision, labels, train, validation, read_vocab_size(processed), text_settings,
+        resume_dir, fingerprint(params, processed, world.size),
+    )
+
+
+def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Path, runtime_path: Path | None) -> dict[str, Any]:
+    """Rank 0 moves best.pt into the outputs, writes the reports and removes the resume state;
+    every rank returns the same report, once the outputs are complete."""
+    setup, progress, tracker = trainer.setup, trainer.progress, trainer.tracker
+    config, device = setup.params.train, setup.device
+    report = {  # what the run learned: numbers that compare across experiments
+        "best_validation": tracker.best,
+        "best_epoch": tracker.best_epoch,
+        "best_step": tracker.best_step,
+        "epochs": round(progress.epoch + progress.batch / setup.batches_per_epoch, 3),
+        "steps": progress.step,
+        "stopped_early": int(tracker.should_stop),
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+        "train_documents": len(setup.train),
+    }
+    runtime = {  # how it ran: differs between identical runs or machines, so not a metric
+        "arch": setup.params.model.arch,
+        "monitor": config.monitor,
+        **{key: getattr(config, key) for key in RESOLVED_KEYS},  # as run: train's nulls resolved for the arch
+        "wall_seconds": round(wall_seconds, 2),
+        "train_seconds": round(progress.train_seconds, 2),
+        "samples_per_second": round(progress.samples_per_second, 1),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "precision": setup.precision,
+        "processes": setup.world.size,
+        "threads": torch.get_num_threads(),  # per process
+        "peak_memory_mb": round(peak_memory_mb(device), 1),  # rank 0's
+    }
+    if setup.world.main:
+        trainer.curves.close()
+        with staged_dir(out_dir) as staging:
+            link_or_copy(setup.resume_dir / "best.pt", staging / "best.pt")
+        write_json(report_path, report)
+        if runtime_path is not None:
+            write_json(runtime_path, runtime)
+        shutil.rmtree(setup.resume_dir)
+    setup.world.barrier()  # the outputs are complete before any process reports success
+    return {**report, **runtime}
+
+
+def run_train_processes(
+    params: Params, params_path: Path, processed: Path, out_dir: Path, report_path: Path, live_dir: Path,
+    resume_dir: Path, runtime_path: Path, stop_after_steps: int | None = None,
+) -> None:
+    """Run the train command in `train.devices` processes under torchrun and wait for them."""
+    read_labels(processed)  # a missing tokenize output is one error here, not one per process
+    argv = ["train", "--params", str(params_path), "--data", str(processed), "--out", str(out_dir), "--report", str(report_path)]
+    argv += ["--live", str(live_dir), "--resume-dir", str(resume_dir), "--runtime", str(runtime_path)]
+    if stop_after_steps is not None:
+        argv += ["--stop-after-steps", str(stop_after_steps)]
+    code = launch(params.train.devices, argv)
+    if code:
+        raise PipelineError(
+            f"training in {params.train.devices} processes per machine failed (torchrun exit code {code}); "
+            "the processes' own errors are above"
+        )

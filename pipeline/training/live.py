@@ -1,0 +1,98 @@
+"""What a run shows while it trains: the curves (DVCLive's file layout, which `dvc plots`
+reads; optionally TensorBoard event files beside them) and the console.
+
+The curves are written by this module, not by DVCLive: one TSV per series under
+<folder>/plots/metrics/ (e.g. validation/accuracy.tsv with the columns `step` and `accuracy`),
+rewritten whole after every validation from the run's history, so that a resumed run and an
+uninterrupted one write the same bytes and a kill never leaves half a row. DVCLive's own
+writer is not used because it reaches DVC and git through private hooks and this is all we
+need of it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.files import atomic_file
+
+CURVES = Path("plots") / "metrics"  # under the curves folder, as DVCLive lays it out
+TENSORBOARD = "tensorboard"  # event files' folder inside the curves folder (train.tensorboard)
+
+
+class Curves:
+    """One TSV per logged series, rewritten from the history after each validation; and, with
+    `tensorboard`, the same points as TensorBoard scalars. A resumed run replays its history."""
+
+    def __init__(self, folder: Path, history: list[dict[str, float]], tensorboard: bool = False):
+        self.folder, self.history, self.writer = folder, list(history), None
+        shutil.rmtree(folder / CURVES, ignore_errors=True)  # what an earlier run left
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise PipelineError(
+                    "train.tensorboard is true but the tensorboard package is missing: pip install tensorboard "
+                    "(or pip install -e '.[tensorboard]'), or set train.tensorboard to false"
+                ) from None
+            events = folder / TENSORBOARD
+            shutil.rmtree(events, ignore_errors=True)  # a resumed run replays its history into fresh files
+            self.writer = SummaryWriter(str(events))
+            for record in self.history:
+                self._add_scalars(record)
+        if self.history:
+            self._write()
+
+    def log(self, record: dict[str, float]) -> None:
+        self.history.append(record)
+        self._add_scalars(record)
+        self._write()
+
+    def _add_scalars(self, record: dict[str, float]) -> None:
+        if self.writer is not None:
+            for name, value in record.items():
+                if name != "step":
+                    self.writer.add_scalar(name, value, int(record["step"]))
+
+    def _write(self) -> None:
+        for name in [key for key in self.history[-1] if key != "step"]:
+            path = self.folder / CURVES / f"{name}.tsv"
+            rows = [f"{int(record['step'])}\t{record[name]}" for record in self.history if name in record]
+            with atomic_file(path) as handle:
+                handle.write("\n".join([f"step\t{Path(name).name}", *rows]) + "\n")
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class Console:
+    """A progress bar with loss and samples/s on a terminal; plain lines otherwise."""
+
+    def __init__(self, enabled: bool | None):
+        self.interactive = sys.stderr.isatty() if enabled is None else enabled
+        self.bar = None
+
+    def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
+        if self.interactive:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+
+    def advance(self, batches: int, loss: float, samples_per_second: float) -> None:
+        if self.bar is not None:
+            self.bar.update(batches)
+            self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_second:,.0f}", refresh=False)
+
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)

@@ -1,0 +1,288 @@
+"""The training loop's steps, for one process of a run (CPU, one GPU, or a rank under DDP):
+restore, the batches of every epoch, one training step, validate, save.
+
+`pipeline/stages/train.py` drives them as one short loop. Each validation (every epoch, or
+every `eval_every` optimizer steps) logs the curves, saves the resume state and decides early
+stopping.
+
+Resuming: DVC deletes a stage's outputs before running it, so the resume state (the full
+state: optimizer moments too) is written to a folder outside them (models/.train-resume).
+A rerun whose params and data match continues from the last validation there, at an
+epoch boundary or mid-epoch: the weights, optimizer moments, RNG state, early-stopping
+state and logged history are restored, the batch order of every epoch is a function of
+(seed, epoch), and no data loader draws from the global RNG, so the finished run is the
+same as an uninterrupted one, bit for bit on CPU.
+
+Several processes (see distributed.py) run this same loop under DistributedDataParallel:
+every rank builds the same global batch order and takes its share of each global batch
+(`train.batch_size` is the global batch), so all ranks take the same number of steps;
+validation is sharded and its confusion counts and loss sums all-reduced, so every rank
+takes the same early-stopping decision; rank 0 alone logs, saves the checkpoints and
+resume state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
+from pipeline.metrics import confusion_matrix, log_loss_sum, metrics_from_counts
+from pipeline.params import Params
+from pipeline.training.checkpoint import inference_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from pipeline.training.device import autocast
+from pipeline.training.distributed import World, shard
+from pipeline.training.early_stopping import Tracker
+from pipeline.training.live import Console, Curves
+from pipeline.training.loader import batch_loader, predict_logits, to_device
+from pipeline.training.optimizers import dense_embeddings, make_optimizers, optimizer_step
+from pipeline.training.schedule import learning_rate
+
+
+class SimulatedKill(RuntimeError):
+    """Raised by `stop_after_steps` so tests can interrupt a run at a known step."""
+
+
+@dataclass
+class Progress:
+    """Where the run is; saved in every resume state."""
+
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0  # current epoch (0-based)
+    batch: int = 0  # batches of the current epoch already consumed
+    samples: int = 0  # training documents seen
+    train_seconds: float = 0.0  # time in training steps (validation excluded)
+    history: list[dict[str, float]] = field(default_factory=list)  # one entry per validation
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / max(self.train_seconds, 1e-9)
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What a run works on, fixed from start to end."""
+
+    params: Params  # resolved: no nulls in train
+    world: World
+    device: torch.device
+    precision: str
+    labels: list[str]
+    train: TokenizedSplit
+    validation: TokenizedSplit
+    vocab_size: int
+    text_settings: dict
+    resume_dir: Path
+    run_id: str  # the fingerprint a resume state must carry
+
+    @property
+    def workers(self) -> int:
+        config = self.params.train
+        return config.workers if config.workers is not None else (4 if self.device.type == "cuda" else 0)
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.params.train.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        config = self.params.train
+        return math.ceil(self.batches_per_epoch / config.accumulate) * config.max_epochs
+
+
+class Batch(NamedTuple):
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    targets: torch.Tensor
+    size: int  # documents in the global batch (over every rank)
+    counted: bool  # false: this rank's share was empty and it trains on one document with weight 0
+
+
+class Trainer:
+    """The model, optimizers and state of one run, with its steps as methods."""
+
+    def __init__(self, setup: Setup, model: nn.Module, console: Console, live_dir: Path):
+        self.setup, self.config, self.world = setup, setup.params.train, setup.world
+        self.model, self.console = model, console
+        self.say = console.line if self.world.main else (lambda text: None)
+        if self.world.backend == "nccl" and dense_embeddings(model):
+            self.say("train: NCCL cannot all-reduce sparse gradients; the sparse embedding tables train dense (AdamW) in this run")
+        self.optimizers = make_optimizers(model, self.config)
+        self.tracker = Tracker.for_params(self.config.monitor, self.config.mode, self.config.patience, self.config.min_delta)
+        self.progress = Progress()
+        self.live_dir = live_dir
+        self.curves: Curves | None = None
+        self.loss_sum, self.loss_count = torch.zeros((), device=setup.device), 0  # summed on the device: no per-step sync
+        self.epoch_batches, self.epoch_ended, self.tick = 0, False, 0.0
+
+    @property
+    def resume_path(self) -> Path:
+        return self.setup.resume_dir / "last.pt"
+
+    def restore(self) -> None:
+        """Continue from the resume state when it belongs to this run (rank 0 reads it and hands
+        it to the others), else start afresh: the train split's statistics (bag's n-gram counts)
+        go into the model's buffers, which DDP copies from rank 0. Then wrap for compile and DDP."""
+        saved = None
+        if self.world.main and self.resume_path.is_file():
+            saved = load_checkpoint(self.resume_path)
+            if saved.get("fingerprint") != self.setup.run_id:
+                self.say(f"train: {self.resume_path} belongs to other params, data or process count; starting over")
+                shutil.rmtree(self.setup.resume_dir)
+                saved = None
+        saved = self.world.broadcast(saved)
+        if saved is not None:
+            self.model.load_state_dict(saved["model"])
+            for optimizer, optimizer_state in zip(self.optimizers, saved["optimizers"]):
+                optimizer.load_state_dict(optimizer_state)
+            self.tracker = Tracker(**saved["tracker"])
+            self.progress = Progress(**saved["progress"])
+            set_rng_state(saved["rng"][self.world.rank], self.setup.device)
+            self.say(f"train: resuming from {self.resume_path} at epoch {self.progress.epoch + 1}, step {self.progress.step}")
+        elif self.world.main and hasattr(self.model, "fit_to_train"):
+            if line := self.model.fit_to_train(self.setup.train):
+                self.say(line)
+        self.step_model = torch.compile(self.model, dynamic=True) if self.config.compile else self.model
+        self.train_model = self.step_model
+        if self.world.distributed:
+            device = self.setup.device
+            self.train_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=[device.index] if device.type == "cuda" else None)
+        if self.world.main:
+            self.curves = Curves(self.live_dir, self.progress.history, self.config.tensorboard)
+        self.train_model.train()
+
+    def batches(self) -> Iterator[Batch]:
+        """This rank's share of every remaining global batch, epoch after epoch, until the epoch
+        cap or early stopping. The order of an epoch is a function of (seed, epoch) alone."""
+        config, progress, world = self.config, self.progress, self.world
+        while progress.epoch < config.max_epochs and not self.tracker.should_stop:
+            rng = np.random.default_rng([config.seed, progress.epoch])
+            order = length_grouped_batches(self.setup.train.lengths, config.batch_size, rng=rng)[progress.batch :]
+            self.epoch_batches = progress.batch + len(order)
+            shares = [shard(batch, world) for batch in order]
+            # a share left empty (a last batch smaller than the world) trains on one document with weight 0
+            real = [len(share) > 0 for share in shares]
+            shares = [share if len(share) else batch[:1] for share, batch in zip(shares, order)]
+            self.console.start_epoch(progress.epoch, config.max_epochs, self.epoch_batches, progress.batch)
+            loader = batch_loader(self.setup.train, shares, self.setup.device, self.setup.workers)
+            self.tick = time.perf_counter()
+            for (ids, lengths, targets), batch, counted in zip(loader, order, real):
+                yield Batch(*to_device((ids, lengths, targets), self.setup.device), len(batch), counted)
+                if self.tracker.should_stop:
+                    break
+            self.console.end_epoch()
+
+    def train_step(self, batch: Batch) -> bool:
+        """Forward and backward on one batch; true when it completed an optimizer step (the last
+        of `accumulate` batches, or of the epoch)."""
+        config, progress, world = self.config, self.progress, self.world
+        progress.batch += 1
+        self.epoch_ended = progress.batch == self.epoch_batches
+        last_micro_step = progress.batch % config.accumulate == 0 or self.epoch_ended
+        # inner accumulation steps keep their gradients local; the last one all-reduces them all
+        sync = contextlib.nullcontext() if last_micro_step or not world.distributed else self.train_model.no_sync()
+        with sync:
+            with autocast(self.setup.device, self.setup.precision):
+                logits = self.train_model(batch.ids, batch.lengths)
+            losses = nn.functional.cross_entropy(logits.float(), batch.targets, label_smoothing=config.label_smoothing, reduction="none")
+            # this rank's part of the global batch's mean loss, times the world size, which DDP's
+            # gradient average divides out: the same gradient as one process taking the whole batch
+            loss = losses.sum() * (world.size / batch.size if batch.counted else 0.0)
+            (loss / config.accumulate).backward()
+        progress.samples += batch.size
+        self.loss_sum += loss.detach() / world.size
+        self.loss_count += 1
+        if not last_micro_step:
+            return False
+        optimizer_step(self.model, self.optimizers, config.clip_norm, learning_rate(config, progress.step, self.setup.total_steps))
+        progress.step += 1
+        now = time.perf_counter()
+        progress.train_seconds, self.tick = progress.train_seconds + now - self.tick, now
+        if self.console.interactive and progress.step % 20 == 0:
+            self.console.advance(20, self.loss_sum.item() / self.loss_count, progress.samples_per_second)
+        if self.epoch_ended:
+            progress.epoch, progress.batch = progress.epoch + 1, 0
+            self.console.end_epoch()
+        return True
+
+    def validation_due(self) -> bool:
+        """After this optimizer step: every `eval_every` steps, else at the end of each epoch."""
+        every = self.config.eval_every
+        return self.progress.step % every == 0 if every else self.epoch_ended
+
+    @property
+    def validated_last_step(self) -> bool:
+        return bool(self.progress.history) and self.progress.history[-1]["step"] == self.progress.step
+
+    def validate(self) -> bool:
+        """Score the validation split (each rank its shard; counts and loss sums all-reduced, so
+        every rank computes the same metrics and takes the same early-stopping decision), log it,
+        and return whether it is the best so far."""
+        setup, config, progress, world = self.setup, self.config, self.progress, self.world
+        shard_ids = np.arange(world.rank, len(setup.validation), world.size)
+        logits = predict_logits(self.step_model, setup.validation, config.batch_size * 4, setup.device, setup.precision, setup.workers, shard_ids)
+        actual, classes = setup.validation.labels[shard_ids], len(setup.labels)
+        counts = confusion_matrix(actual, logits.argmax(1), classes) if len(actual) else np.zeros((classes, classes), np.int64)
+        sums = torch.tensor([*counts.ravel(), log_loss_sum(logits, actual)], dtype=torch.float64)
+        sums = world.all_reduce(torch.cat([sums.to(setup.device), self.loss_sum.double().reshape(1)])).cpu().numpy()
+        counts = sums[: classes**2].round().astype(np.int64).reshape(classes, classes)
+        scores = metrics_from_counts(counts, float(sums[-2] / max(len(setup.validation), 1)), setup.labels)
+        record = {
+            "step": progress.step,
+            "epoch": progress.epoch + progress.batch / setup.batches_per_epoch,
+            "train/loss": float(sums[-1] / max(self.loss_count, 1)),
+            "validation/loss": scores["loss"],
+            "validation/accuracy": scores["accuracy"],
+            "validation/macro_f1": scores["macro_f1"],
+            "lr": learning_rate(config, max(progress.step - 1, 0), setup.total_steps),
+            "samples_per_second": progress.samples_per_second,
+        }
+        record = world.broadcast(record)  # rank 0's clock: the same samples/s in every rank's history
+        progress.history.append(record)
+        improved = self.tracker.update(record[f"validation/{config.monitor}"], progress.step, record["epoch"])
+        if self.curves is not None:
+            self.curves.log(record)
+        self.say(
+            f"epoch {record['epoch']:.2f} step {progress.step}: train loss {record['train/loss']:.4f} | validation loss "
+            f"{record['validation/loss']:.4f} accuracy {scores['accuracy']:.4f} macro-F1 {scores['macro_f1']:.4f} | "
+            f"{record['samples_per_second']:,.0f} samples/s{' | best' if improved else ''}"
+        )
+        self.loss_sum, self.loss_count = torch.zeros((), device=setup.device), 0
+        return improved
+
+    def save(self, improved: bool) -> None:
+        """Rank 0 saves best.pt (when `improved`) and the resume state, with every rank's RNG."""
+        rng = self.world.all_gather(rng_state(self.setup.device))
+        if self.world.main:
+            if improved:  # saved first: a kill between the two saves must not leave a best.pt older than last.pt's tracker
+                best = {"step": self.progress.step, "epoch": self.progress.history[-1]["epoch"], "monitor": self.config.monitor, "value": self.tracker.best}
+                save_checkpoint(self.setup.resume_dir / "best.pt", {**self.inference_state(), "best": best})
+            # the run ends here (the resume folder with it): its last resume state (3x the model's size
+            # with Adam's moments) would never be read; a kill before the end resumes from the one before
+            if not (self.tracker.should_stop or self.progress.step >= self.setup.total_steps):
+                save_checkpoint(self.resume_path, self.resume_state(rng))
+        self.tick = time.perf_counter()  # validation and saving are not training time
+
+    def inference_state(self) -> dict[str, Any]:
+        setup = self.setup
+        return inference_state(self.model, setup.params.model, setup.vocab_size, setup.labels, setup.text_settings)
+
+    def resume_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            **self.inference_state(),
+            "optimizers": [optimizer.state_dict() for optimizer in self.optimizers],
+            "tracker": asdict(self.tracker),
+            "progress": asdict(self.progress),
+            "rng": rng,  # one state per rank
+            "fingerprint": self.setup.run_id,
+        }
