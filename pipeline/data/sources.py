@@ -105,6 +105,7 @@ def check_not_cut(path: Path, url: str, digest: str) -> None:
 def load_hf(params: DownloadParams) -> tuple[Sourced, dict]:
     """Load a Hugging Face dataset (Hub id or local folder) with `datasets`, and what exactly was read."""
     import datasets
+    import datasets.exceptions
 
     name = params.source.removeprefix("hf:")
     local = Path(name).expanduser()
@@ -116,7 +117,7 @@ def load_hf(params: DownloadParams) -> tuple[Sourced, dict]:
         builder = datasets.load_dataset_builder(name, params.hf_config, revision=params.revision)
         builder.download_and_prepare()
         loaded = builder.as_dataset()
-    except Exception as exc:  # datasets raises many types (hub, network, builder); all mean "cannot load"
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as exc:  # the Hub or network (OSError), a config, the files
         raise PipelineError(
             f"could not load Hugging Face dataset {clip(repr(name), 200)}: {clip(first_line(exc), 300)}; check the id, "
             "download.revision and the network, or set download.source to a local file or folder"

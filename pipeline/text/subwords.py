@@ -80,7 +80,7 @@ def _download(repo_id: str, revision: str) -> Path:
     try:
         # without a network, go straight to the local cache instead of retrying for half a minute
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES, local_files_only=host is not None))
-    except Exception as exc:  # offline, unknown id or revision, no access: the hub raises many types
+    except (OSError, ValueError) as exc:  # offline, unknown id or revision, no access: the Hub's errors are OSErrors
         reason = f"{host} cannot be reached, and it is not in the local cache" if host else f"{type(exc).__name__}: {clip(first_line(exc), 160)}"
         raise PipelineError(
             f"model.pretrained.source: cannot get {clip(repo_id)} at revision {clip(revision, 40)} from the Hugging Face Hub, "
@@ -114,7 +114,9 @@ def load_tokenizer(folder: Path) -> Tokenizer:
     if path.is_file():
         try:
             tokenizer = Tokenizer.from_file(str(path))
-        except Exception as exc:  # the Rust side raises a plain Exception for a malformed file
+        except Exception as exc:  # the Rust side raises a plain Exception for a malformed file, and only that means bad input
+            if type(exc) is not Exception:
+                raise
             raise PipelineError(f"{path}: not a tokenizer the tokenizers library can read ({clip(first_line(exc), 160)})") from None
     else:
         try:
@@ -123,7 +125,7 @@ def load_tokenizer(folder: Path) -> Tokenizer:
             raise PipelineError(f"{folder} has no {TOKENIZER_FILE}; building one from vocab.txt needs transformers: pip install -e '.[pretrained]'") from None
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(folder), use_fast=True).backend_tokenizer
-        except Exception as exc:
+        except (OSError, ValueError, KeyError) as exc:  # no vocabulary, an unknown tokenizer class, a damaged config
             raise PipelineError(
                 f"model.pretrained.source: {folder} has no {TOKENIZER_FILE} and transformers cannot build a fast tokenizer from it "
                 f"({clip(first_line(exc), 160)}); add the model's tokenizer.json"
