@@ -37,6 +37,23 @@ def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
     )
 
 
+def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None, input: str | None = None) -> subprocess.CompletedProcess:
+    """The CLI command run in this process by Typer's CliRunner, in `cwd`: the same exit code and
+    output as `run_cli` without an interpreter start (2-4 s less). Error paths are tested this
+    way; a bug still raises (no exception is swallowed), so a traceback cannot pass for a message."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    previous = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(app, list(args), input=input, env=env, catch_exceptions=False)
+    finally:
+        os.chdir(previous)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """One line on stderr that names the problem, exit 1, no traceback."""
     assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 import pytest
-from conftest import assert_user_error, needs_shared, run_cli, write_params
+from conftest import assert_user_error, needs_shared, invoke, write_params
 
 from pipeline.stages.baseline import C_GRID, run_baseline
 from pipeline.stages.download import run_download
@@ -40,7 +40,7 @@ def test_switched_off_baseline_shows_on_the_report(project, tmp_path):
     shutil.copytree(project / "reports", reports)
     (reports / "baseline.json").write_text("{}")
     (reports / "runtime" / "baseline.json").write_text("{}")
-    result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
+    result = invoke("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
     assert result.returncode == 0, result.stderr
     assert "baseline.enabled: false" in (tmp_path / "r.html").read_text()
 
@@ -59,7 +59,7 @@ def test_unspaced_languages_get_character_ngrams(tmp_path):
 
 def test_cli_errors(tmp_path):
     write_params(tmp_path)
-    assert_user_error(run_cli("baseline", cwd=tmp_path), "train.parquet not found", "download")
+    assert_user_error(invoke("baseline", cwd=tmp_path), "train.parquet not found", "download")
     assert not (tmp_path / "reports").exists()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import assert_user_error, labelled_rows, needs_shared, run_cli, write_csv, write_params, write_tree
+from conftest import assert_user_error, labelled_rows, needs_shared, invoke, run_cli, write_csv, write_params, write_tree
 
 from pipeline.stages.download import run_download
 from pipeline.errors import PipelineError
@@ -242,7 +242,7 @@ def test_http_download_without_content_length_warns_with_the_checksum_to_pin(tmp
     data = write_csv(www / "reviews.csv", labelled_rows(50)).read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     write_params(tmp_path, download={"source": f"{base}/nolength/reviews.csv"})
-    result = run_cli("download", cwd=tmp_path)
+    result = invoke("download", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip().splitlines() == [
         f"warning: {base}/nolength/reviews.csv sent no Content-Length and download.sha256 is not set: "
@@ -251,7 +251,7 @@ def test_http_download_without_content_length_warns_with_the_checksum_to_pin(tmp
     assert result.stdout.startswith("download: ")
     # pinned, it is quiet
     write_params(tmp_path, download={"source": f"{base}/nolength/reviews.csv", "sha256": digest})
-    result = run_cli("download", cwd=tmp_path)
+    result = invoke("download", cwd=tmp_path)
     assert result.returncode == 0 and result.stderr == "", result.stderr
 
 
@@ -275,7 +275,7 @@ def test_http_archive(tmp_path, http_server):
 
 def fails(tmp_path: Path, *fragments: str, **download_params) -> None:
     write_params(tmp_path, download=download_params)
-    result = run_cli("download", cwd=tmp_path)
+    result = invoke("download", cwd=tmp_path)
     assert_user_error(result, *fragments)
     assert not (tmp_path / "data" / "raw").exists()
     assert not (tmp_path / "reports" / "data.json").exists()
@@ -405,7 +405,7 @@ def test_undecodable_bytes_name_file_and_line(tmp_path):
     fails(tmp_path, "reviews.csv: line 3", "download.encoding", source=str(path))
     # and the fix works
     write_params(tmp_path, download={"source": str(path), "encoding": "latin-1"})
-    assert run_cli("download", cwd=tmp_path).returncode == 0
+    assert invoke("download", cwd=tmp_path).returncode == 0
 
 
 @pytest.mark.parametrize(
@@ -449,7 +449,7 @@ def test_error_lines_stay_short_when_the_data_is_huge(tmp_path):
     path = tmp_path / "junk.csv"
     path.write_text(",".join(f"column_{i}_{'x' * 50}" for i in range(40_000)) + "\n" + ",".join("1" * 40_000) + "\n")
     write_params(tmp_path, download={"source": str(path)})
-    result = run_cli("download", cwd=tmp_path)
+    result = invoke("download", cwd=tmp_path)
     assert_user_error(result, "no column 'text'", "…and 39990 more")
     assert len(result.stderr) < 1100
 
@@ -496,7 +496,7 @@ def _tar_of(tmp_path: Path, files: dict[str, bytes]) -> Path:
 def test_errors_inside_an_archive_name_the_member_not_a_temporary_path(tmp_path, files, fragment):
     archive = _tar_of(tmp_path, files)
     write_params(tmp_path, download={"source": str(archive)})
-    result = run_cli("download", cwd=tmp_path)
+    result = invoke("download", cwd=tmp_path)
     assert_user_error(result, f"{archive}:", fragment)
     assert ".tmp" not in result.stderr and "/tmp/" not in result.stderr.replace(str(tmp_path), "")
 
@@ -515,10 +515,10 @@ def test_failure_keeps_no_partial_output_when_outputs_existed(tmp_path):
     """A failed rerun leaves the previous complete output, never a half-written one."""
     path = write_csv(tmp_path / "reviews.csv", labelled_rows(50))
     write_params(tmp_path, download={"source": str(path)})
-    assert run_cli("download", cwd=tmp_path).returncode == 0
+    assert invoke("download", cwd=tmp_path).returncode == 0
     before = sorted(p.name for p in (tmp_path / "data" / "raw").iterdir())
     write_params(tmp_path, download={"source": str(path), "label_column": "nope"})
-    assert run_cli("download", cwd=tmp_path).returncode == 1
+    assert invoke("download", cwd=tmp_path).returncode == 1
     assert sorted(p.name for p in (tmp_path / "data" / "raw").iterdir()) == before == [
         "test.parquet",
         "train.parquet",
@@ -587,7 +587,7 @@ def test_download_sweeps_temporary_folders_of_killed_runs_only(tmp_path):
         unrelated = data / ".raw.notes"
         unrelated.write_text("not ours")
         write_params(tmp_path, download={"source": str(path)})
-        result = run_cli("download", cwd=tmp_path)
+        result = invoke("download", cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert sorted(p.name for p in data.iterdir()) == sorted([".raw.notes", "raw", *(p.name for p in kept)])
     finally:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import assert_user_error, labelled_rows, needs_shared, run_cli, write_csv, write_params
+from conftest import assert_user_error, labelled_rows, needs_shared, invoke, write_csv, write_params
 
 from pipeline.stages.evaluate import run_evaluate
 from pipeline.params import parse_params
@@ -30,13 +30,13 @@ def project(tmp_path_factory) -> Path:
     write_csv(root / "source" / "test.csv", flipped)
     write_params(root, download={"source": str(root / "source")}, tokenize={"workers": 1, "min_freq": 1}, **SETTINGS)
     for command in ("download", "tokenize", "train"):
-        result = run_cli(command, cwd=root)
+        result = invoke(command, cwd=root)
         assert result.returncode == 0, result.stderr
     return root
 
 
 def test_metrics_confusion_and_errors(project):
-    result = run_cli("evaluate", cwd=project)
+    result = invoke("evaluate", cwd=project)
     assert result.returncode == 0, result.stderr
     assert "test accuracy" in result.stdout
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
@@ -61,7 +61,7 @@ def test_metrics_confusion_and_errors(project):
 
 
 def test_run_evaluate_matches_the_cli(project, tmp_path):
-    assert run_cli("evaluate", cwd=project).returncode == 0
+    assert invoke("evaluate", cwd=project).returncode == 0
     params = parse_params({**SETTINGS, "download": {"source": "x"}})
     metrics = run_evaluate(
         params, project / "models/train/best.pt", project / "data/processed", project / "data/raw",
@@ -71,10 +71,10 @@ def test_run_evaluate_matches_the_cli(project, tmp_path):
 
 
 def test_missing_or_damaged_checkpoint(project, tmp_path):
-    assert_user_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "none.pt"), cwd=project), "none.pt not found", "train")
+    assert_user_error(invoke("evaluate", "--checkpoint", str(tmp_path / "none.pt"), cwd=project), "none.pt not found", "train")
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    assert_user_error(run_cli("evaluate", "--checkpoint", str(tmp_path / "bad.pt"), cwd=project), "bad.pt", "rerun the train stage")
-    assert_user_error(run_cli("evaluate", "--raw", str(tmp_path), cwd=project), "test.parquet", "download")
+    assert_user_error(invoke("evaluate", "--checkpoint", str(tmp_path / "bad.pt"), cwd=project), "bad.pt", "rerun the train stage")
+    assert_user_error(invoke("evaluate", "--raw", str(tmp_path), cwd=project), "test.parquet", "download")
 
 
 def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
@@ -90,7 +90,7 @@ def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
         },
     )
     for command in ("download", "tokenize", "train", "evaluate", "export"):
-        result = run_cli(command, cwd=tmp_path)
+        result = invoke(command, cwd=tmp_path)
         assert result.returncode == 0, (command, result.stderr)
     metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
     assert metrics["documents"] == 1520  # test_fraction 0.2 of 7,600

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pandas as pd
 import pytest
-from conftest import FAST_EXPORT, REPO, TINY_MODEL, assert_user_error, labelled_rows, run_cli, write_csv
+from conftest import FAST_EXPORT, REPO, TINY_MODEL, assert_user_error, labelled_rows, invoke, write_csv
 
 from pipeline.files import sha256_of
 from pipeline.inference.bundle import MANIFEST, Bundle, onnx_session, run_session
@@ -22,11 +22,11 @@ from pipeline.stages.export import edge_inputs, run_export
 from pipeline.params import parse_params
 from pipeline.stages.train import run_train
 
+
+
 def predict(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "pipeline", "predict", *args], cwd=cwd, env=env, input=stdin, capture_output=True, text=True, timeout=300
-    )
+    """The predict command, run in this process (test_predict_stream.py runs it as a process)."""
+    return invoke("predict", *args, cwd=cwd, input=stdin)
 
 
 def records(result: subprocess.CompletedProcess) -> list[dict]:
@@ -206,8 +206,8 @@ def test_predict_input_errors(project, tmp_path):
 
 def test_export_errors_leave_the_previous_bundle(project, tmp_path):
     before = sha256_of(project / "models" / "export" / "manifest.json")
-    assert_user_error(run_cli("export", "--checkpoint", str(tmp_path / "none.pt"), cwd=project), "none.pt not found")
-    assert_user_error(run_cli("export", "--raw", str(tmp_path), cwd=project), "test.parquet")
+    assert_user_error(invoke("export", "--checkpoint", str(tmp_path / "none.pt"), cwd=project), "none.pt not found")
+    assert_user_error(invoke("export", "--raw", str(tmp_path), cwd=project), "test.parquet")
     assert sha256_of(project / "models" / "export" / "manifest.json") == before
     assert Bundle.load(project / "models" / "export").labels == ["neg", "pos"]
 
@@ -273,7 +273,7 @@ def test_the_export_stage_is_gated_and_replaces_nothing(project, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     out = Path(shutil.copytree(project / "models" / "export", tmp_path / "export"))
     before = {p.name: sha256_of(p) for p in out.iterdir()}
-    result = run_cli("export", "--params", str(tmp_path / "params.yaml"), "--out", str(out), "--report", str(tmp_path / "r.json"),
+    result = invoke("export", "--params", str(tmp_path / "params.yaml"), "--out", str(out), "--report", str(tmp_path / "r.json"),
                      "--runtime", str(tmp_path / "rt.json"), cwd=project)
     assert_user_error(result, "export gate", "export.max_abs_diff", "not replaced")
     assert {p.name: sha256_of(p) for p in out.iterdir()} == before

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 import pytest
-from conftest import REPO, assert_user_error, run_cli, write_params
+from conftest import REPO, assert_user_error, invoke, run_cli, write_params
 from pydantic import BaseModel
 
 from pipeline.errors import PipelineError
@@ -69,13 +69,13 @@ def test_yaml_1_2_numbers_and_label_name_keys(tmp_path):
 
 def test_cli_reports_bad_params_in_one_line(tmp_path):
     (tmp_path / "params.yaml").write_text("tokenize:\n  min_freq: often\n")
-    assert_user_error(run_cli("tokenize", cwd=tmp_path), "tokenize.min_freq")
+    assert_user_error(invoke("tokenize", cwd=tmp_path), "tokenize.min_freq")
 
 
 def test_cli_reports_invalid_yaml_and_missing_file(tmp_path):
     (tmp_path / "params.yaml").write_text("download: [unclosed\n")
-    assert_user_error(run_cli("download", cwd=tmp_path), "not valid YAML")
-    assert_user_error(run_cli("download", "--params", "missing.yaml", cwd=tmp_path), "missing.yaml", "no such params file")
+    assert_user_error(invoke("download", cwd=tmp_path), "not valid YAML")
+    assert_user_error(invoke("download", "--params", "missing.yaml", cwd=tmp_path), "missing.yaml", "no such params file")
 
 
 # --- every leaf key, every rule ------------------------------------------------------------
@@ -426,7 +426,7 @@ def test_cli_cuts_a_long_error_line(tmp_path):
 )
 def test_cli_reports_broken_rules_in_one_line(tmp_path, command, sections, fragments):
     write_params(tmp_path, **sections)
-    assert_user_error(run_cli(command, cwd=tmp_path), *fragments)
+    assert_user_error(invoke(command, cwd=tmp_path), *fragments)
 
 
 def test_null_train_params_take_the_architecture_defaults():

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import FAST_EXPORT, REPO, assert_user_error, labelled_rows, run_cli, write_csv, write_params, write_tiny_bert
+from conftest import FAST_EXPORT, REPO, assert_user_error, labelled_rows, invoke, run_cli, write_csv, write_params, write_tiny_bert
 from test_dvc import ran, sh
 from test_export import predict, predict_watching_imports, records
 from test_train import learned, same_weights
@@ -165,7 +165,7 @@ def test_a_hub_id_that_cannot_be_downloaded_is_one_line(tmp_path):
 
 def test_max_tokens_above_the_models_limit_is_named(tiny_bert, tmp_path):
     write_params(tmp_path, tokenize={"max_tokens": 129}, model={"arch": "pretrained", "pretrained": {"source": str(tiny_bert)}})
-    assert_user_error(run_cli("tokenize", cwd=tmp_path), "tokenize.max_tokens: 129 is above", "(128 tokens")
+    assert_user_error(invoke("tokenize", cwd=tmp_path), "tokenize.max_tokens: 129 is above", "(128 tokens")
 
 
 # --- the whole pipeline through real DVC -----------------------------------------------------

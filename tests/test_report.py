@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, run_cli
+from conftest import assert_user_error, invoke
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None)
 FIGURES = ["figure-balance", "figure-lengths", "figure-curves", "figure-confusion"]
@@ -18,7 +18,7 @@ FIGURES = ["figure-balance", "figure-lengths", "figure-curves", "figure-confusio
 
 @pytest.fixture(scope="module")
 def report(project) -> Path:
-    result = run_cli("report", cwd=project)
+    result = invoke("report", cwd=project)
     assert result.returncode == 0, result.stderr
     assert "4 figures" in result.stdout
     return project / "reports" / "report.html"
@@ -45,7 +45,7 @@ def test_report_shows_every_part_and_is_self_contained(project, report):
 
 
 def test_report_is_byte_stable(project, report, tmp_path):
-    assert run_cli("report", "--out", str(tmp_path / "again.html"), cwd=project).returncode == 0
+    assert invoke("report", "--out", str(tmp_path / "again.html"), cwd=project).returncode == 0
     assert (tmp_path / "again.html").read_bytes() == report.read_bytes()
 
 
@@ -57,7 +57,7 @@ def test_report_shows_what_download_dropped_and_read(project, tmp_path):
     kinds = ["train_within", "validation_within", "test_within", "train_in_test", "validation_in_test", "train_in_validation", "conflicting_labels"]
     data["duplicates"].update({kind: 1001 + i for i, kind in enumerate(kinds)})  # distinct, to see each one land
     (reports / "data.json").write_text(json.dumps(data))
-    result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
+    result = invoke("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "r.html").read_text()
     for i, what in enumerate(["within train", "within validation", "within test", "train texts also in test",
@@ -74,7 +74,7 @@ def test_user_text_cannot_inject_html(project, tmp_path):
     (reports / "errors.csv").write_text(
         f'text,actual,predicted,confidence\n"<script>alert(1)</script><b>x</b> & {long_tag.replace(chr(34), chr(34) * 2)} <3",neg,pos,0.9\n'
     )
-    result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
+    result = invoke("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "r.html").read_text()
     cell = page[page.index('<td class="text">') + len('<td class="text">') :]
@@ -96,7 +96,7 @@ def test_mistakes_without_html_tags_and_cjk_class_names(project, tmp_path):
             path.write_text(text, encoding="utf-8")
     errors = reports / "errors.csv"
     errors.write_text('text,actual,predicted,confidence\n"Loved it.<br /><br />Would watch again.",正面,负面,0.9\n', encoding="utf-8")
-    result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
+    result = invoke("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
     assert result.returncode == 0, result.stderr
     assert "Glyph" not in result.stderr  # no warnings about fonts
     page = (tmp_path / "r.html").read_text(encoding="utf-8")
@@ -111,7 +111,7 @@ def test_missing_reports_are_named(project, tmp_path):
     reports = tmp_path / "reports"
     shutil.copytree(project / "reports", reports)
     (reports / "export.json").unlink()
-    result = run_cli("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
+    result = invoke("report", "--reports", str(reports), "--out", str(tmp_path / "r.html"), cwd=project)
     assert_user_error(result, "export.json is missing", "export stage")
     assert not (tmp_path / "r.html").exists()
 

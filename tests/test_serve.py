@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, assert_user_error, run_cli
+from conftest import REPO, assert_user_error, invoke
 
 from pipeline.inference.bundle import MANIFEST
 from test_export import predict, records
@@ -161,4 +161,4 @@ def test_serve_with_a_tokenizing_process(project):
 
 
 def test_a_bad_bundle_is_one_line(project, tmp_path):
-    assert_user_error(run_cli("serve", "--bundle", str(tmp_path / "none"), "--port", "0", cwd=tmp_path), "no model bundle")
+    assert_user_error(invoke("serve", "--bundle", str(tmp_path / "none"), "--port", "0", cwd=tmp_path), "no model bundle")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import spacy
-from conftest import assert_user_error, labelled_rows, run_cli, write_csv, write_params
+from conftest import assert_user_error, labelled_rows, invoke, write_csv, write_params
 
 from pipeline.stages.download import run_download
 from pipeline.params import DownloadParams, TokenizeParams
@@ -152,7 +152,7 @@ def test_text_settings_are_saved_for_inference(tmp_path, raw):
 
 def test_missing_raw_data_is_a_clear_error(tmp_path):
     write_params(tmp_path, tokenize={"min_freq": 1})
-    result = run_cli("tokenize", cwd=tmp_path)
+    result = invoke("tokenize", cwd=tmp_path)
     assert_user_error(result, "data/raw/train.parquet not found", "download")
     assert not (tmp_path / "data" / "processed").exists()
 
@@ -160,7 +160,7 @@ def test_missing_raw_data_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize("language", ["xx-nope", "klingon"])
 def test_unknown_language(tmp_path, raw, language):
     write_params(tmp_path, tokenize={"language": language})
-    result = run_cli("tokenize", "--raw", str(raw), cwd=tmp_path)
+    result = invoke("tokenize", "--raw", str(raw), cwd=tmp_path)
     assert_user_error(result, "tokenize.language", f"spaCy has no language {language!r}")
     assert not (tmp_path / "data" / "processed").exists()
 
@@ -169,7 +169,7 @@ def test_a_language_whose_package_is_missing_names_the_install_command(tmp_path,
     if importlib.util.find_spec("sudachipy") is not None:
         pytest.skip("SudachiPy is installed here, so Japanese works")
     write_params(tmp_path, tokenize={"language": "ja"})
-    result = run_cli("tokenize", "--raw", str(raw), cwd=tmp_path)
+    result = invoke("tokenize", "--raw", str(raw), cwd=tmp_path)
     assert_user_error(result, "tokenize.language", "'ja'", "needs the module 'sudachipy'", "pip install sudachipy sudachidict_core")
     assert "no language" not in result.stderr
     assert not (tmp_path / "data" / "processed").exists()
@@ -179,8 +179,8 @@ def test_an_empty_vocabulary_is_an_error_and_writes_nothing(tmp_path):
     write_csv(tmp_path / "source" / "train.csv", labelled_rows(40))
     write_csv(tmp_path / "source" / "test.csv", labelled_rows(10, offset=500))
     write_params(tmp_path, download={"source": str(tmp_path / "source")}, tokenize={"workers": 1, "min_freq": 1_000})
-    assert run_cli("download", cwd=tmp_path).returncode == 0
-    result = run_cli("tokenize", cwd=tmp_path)
+    assert invoke("download", cwd=tmp_path).returncode == 0
+    result = invoke("tokenize", cwd=tmp_path)
     assert_user_error(result, "tokenize.min_freq", "no train token occurs 1,000 times or more", "(the most frequent, 'number', occurs 36)", "lower tokenize.min_freq")
     assert not (tmp_path / "data" / "processed").exists()
     assert not (tmp_path / "reports" / "tokenize.json").exists()
@@ -192,5 +192,5 @@ def test_raw_split_without_text_column(tmp_path, raw):
 
     pd.DataFrame({"body": ["a"], "label": ["pos"]}).to_parquet(raw / "validation.parquet")
     write_params(tmp_path, tokenize={})
-    result = run_cli("tokenize", "--raw", str(raw), cwd=tmp_path)
+    result = invoke("tokenize", "--raw", str(raw), cwd=tmp_path)
     assert_user_error(result, "validation.parquet", "text and label")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_MODEL, TINY_TOKENIZE, assert_user_error, labelled_rows, run_cli, write_csv, write_params
+from conftest import TINY_MODEL, TINY_TOKENIZE, assert_user_error, labelled_rows, invoke, write_csv, write_params
 
 from pipeline.data.tokenized import TokenizedSplit
 from pipeline.stages.download import run_download
@@ -197,14 +197,14 @@ def test_tracker_min_delta():
 
 def test_cli_errors(processed, tmp_path):
     write_params(tmp_path, train={"batch_size": 0})
-    assert_user_error(run_cli("train", "--data", str(processed), cwd=tmp_path), "train.batch_size")
+    assert_user_error(invoke("train", "--data", str(processed), cwd=tmp_path), "train.batch_size")
     write_params(tmp_path, train={"lr": "fast"})
-    assert_user_error(run_cli("train", "--data", str(processed), cwd=tmp_path), "train.lr")
+    assert_user_error(invoke("train", "--data", str(processed), cwd=tmp_path), "train.lr")
     write_params(tmp_path)
-    assert_user_error(run_cli("train", "--data", str(tmp_path / "nowhere"), cwd=tmp_path), "tokenize")
+    assert_user_error(invoke("train", "--data", str(tmp_path / "nowhere"), cwd=tmp_path), "tokenize")
     if not torch.cuda.is_available():
         write_params(tmp_path, train={"device": "cuda"})
-        assert_user_error(run_cli("train", "--data", str(processed), cwd=tmp_path), "device 'cuda' is not available")
+        assert_user_error(invoke("train", "--data", str(processed), cwd=tmp_path), "device 'cuda' is not available")
     assert not (tmp_path / "models").exists()
 
 
@@ -225,7 +225,7 @@ def test_trains_in_a_git_repo_without_commits(processed, tmp_path):
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
     subprocess.run([str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=tmp_path, check=True)
     write_params(tmp_path, model={**TINY_MODEL, "arch": "bag"}, train={"max_epochs": 1, "threads": 1})
-    result = run_cli("train", "--data", str(processed), cwd=tmp_path)
+    result = invoke("train", "--data", str(processed), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "reports" / "train" / "plots" / "metrics" / "validation" / "loss.tsv").is_file()
 
