@@ -96,9 +96,13 @@ def docstring_only(path: Path) -> bool:
 @pytest.fixture(scope="module")
 def stage_modules() -> dict[str, set[str]]:
     """Per stage: the files of the pipeline modules it loads (at import, and lazily)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:  # each in a fresh interpreter of its own
+        loaded = dict(zip(STAGES, pool.map(loaded_at_import, [f"pipeline.stages.{stage}" for stage in STAGES])))
     found = {}
     for stage in STAGES:
-        names = loaded_at_import(f"pipeline.stages.{stage}") | static_closure(f"pipeline.stages.{stage}")
+        names = loaded[stage] | static_closure(f"pipeline.stages.{stage}")
         files = {module_file(name) for name in names}
         found[stage] = {relative(path) for path in files if relative(path) not in PLUMBING and not docstring_only(path)}
     return found
