@@ -15,6 +15,7 @@ import typer
 
 from pipeline import __version__, paths
 from pipeline.errors import PipelineError
+from pipeline.files import ENVIRONMENT_ERRNOS
 
 app = typer.Typer(
     help="Reproducible text classification: download -> tokenize -> train -> evaluate -> export.",
@@ -31,16 +32,31 @@ RuntimeFile = Annotated[Path, typer.Option(help="Where to write timings and devi
 
 
 @contextmanager
-def reported_errors() -> Iterator[None]:
-    """A PipelineError becomes one line on stderr and exit code 1; bugs keep their traceback."""
+def reported_errors(interrupted: str = "nothing was written") -> Iterator[None]:
+    """A PipelineError becomes one line on stderr and exit code 1; so does an OSError that only
+    the machine can cause (no space, read-only, permission denied: never a bug of ours); Ctrl-C
+    one line saying `interrupted` and exit code 130. Bugs keep their traceback."""
     try:
         yield
     except PipelineError as exc:
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # always one line
-        if len(message) > MAX_ERROR_CHARS:  # a huge bad value must not flood the terminal
-            message = message[: MAX_ERROR_CHARS - 1] + "…"
-        typer.echo(f"error: {message}", err=True)
+        _error_line(str(exc))
         raise typer.Exit(1) from None
+    except OSError as exc:
+        if exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _error_line(f"{where}{exc.strerror}; check the disk and the permissions of the files and folders involved")
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted (Ctrl-C); {interrupted}", err=True)
+        raise typer.Exit(130) from None
+
+
+def _error_line(text: str) -> None:
+    message = " ".join(line.strip() for line in text.splitlines() if line.strip())  # always one line
+    if len(message) > MAX_ERROR_CHARS:  # a huge bad value must not flood the terminal
+        message = message[: MAX_ERROR_CHARS - 1] + "…"
+    typer.echo(f"error: {message}", err=True)
 
 
 def _version(value: bool) -> None:
@@ -110,7 +126,7 @@ def train(
 ) -> None:
     """Train `model.arch` with the `train` params; resumes an interrupted run with the same params.
     With `train.devices` > 1, runs itself in that many processes under torchrun (DDP)."""
-    with reported_errors():
+    with reported_errors(interrupted="the next run resumes from the last validation, if there was one"):
         from pipeline.params import load_params
         from pipeline.stages.train import run_train, run_train_processes
         from pipeline.training.distributed import World, should_launch
@@ -252,7 +268,7 @@ def predict(
     Texts from arguments, --file, or stdin (one per line)."""
     import pipeline.text.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
 
-    with reported_errors():
+    with reported_errors(interrupted="stopped; the lines written so far are whole (an --out file is not written)"):
         from pipeline.inference.predict import run_predict
 
         result = run_predict(

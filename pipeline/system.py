@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
@@ -32,5 +33,11 @@ def process_map(
         yield lambda function, *iterables: list(map(function, *iterables))
         return
     context = multiprocessing.get_context(method or start_method())
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=initializer, initargs=initargs) as pool:
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(initializer, initargs)) as pool:
         yield lambda function, *iterables: list(pool.map(function, *iterables))
+
+
+def _worker_start(initializer: Callable | None, initargs: tuple) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: one message, not one per worker
+    if initializer is not None:
+        initializer(*initargs)

@@ -15,9 +15,8 @@ from conftest import REPO, TINY_MODEL, TINY_TOKENIZE, write_params
 from test_train import processed, same_weights, test_accuracy  # noqa: F401 (processed is a fixture)
 
 from pipeline.data.tokenized import TokenizedSplit
-from pipeline.training.checkpoint import load_checkpoint
 from pipeline.params import parse_params
-from pipeline.training.checkpoint import fingerprint
+from pipeline.training.checkpoint import fingerprint, load_checkpoint
 
 
 def train_cli(root: Path, processed: Path, *extra: str, timeout: int = 240, **train) -> subprocess.CompletedProcess:  # noqa: F811
@@ -62,7 +61,7 @@ def test_two_processes_train_resume_and_write_once(processed, tmp_path):  # noqa
     cut.mkdir()
     killed = train_cli(cut, processed, "--stop-after-steps", "12", **DDP)
     assert killed.returncode == 1 and "SimulatedKill" in killed.stderr
-    assert "training in 2 processes per machine failed" in killed.stderr.strip().splitlines()[-1]
+    assert "training in 2 processes failed" in killed.stderr.strip().splitlines()[-1]  # a bug: the traceback, then one line
     state = load_checkpoint(cut / "models" / ".train-resume" / "last.pt")
     assert state["progress"]["step"] == 10 and state["progress"]["batch"] > 0 and len(state["rng"]) == 2
     resumed = train_cli(cut, processed, **DDP)
@@ -93,6 +92,30 @@ def test_devices_needs_tokenized_data(tmp_path):
     result = train_cli(tmp_path, tmp_path / "nowhere", devices=2)
     assert result.returncode == 1 and "tokenize" in result.stderr and "Traceback" not in result.stderr
     assert result.stderr.count("error:") == 1  # checked once, before any process starts
+
+
+def test_an_error_in_every_process_is_one_line(processed, tmp_path):  # noqa: F811
+    """Each process refuses the params (a transformer shorter than the tokenized documents):
+    one line names the first process's error, not one per process plus torchrun's traceback."""
+    write_params(tmp_path, model={**TINY_MODEL, "arch": "transformer", "transformer": {**TINY_MODEL["transformer"], "max_positions": 8}},
+                 train={"device": "cpu", "threads": 1, "devices": 2})
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "--data", str(processed)], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: training in 2 processes failed; process 0: model.transformer.max_positions: 8 is below tokenize.max_tokens (64): "
+        "the model would silently cut longer documents; raise it or lower tokenize.max_tokens"
+    ], result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
+def test_two_cuda_processes_without_a_gpu_are_refused_before_torchrun(processed, tmp_path):  # noqa: F811
+    result = train_cli(tmp_path, processed, devices=2, **{"device": "cuda"})
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: process 1 on this machine has no GPU (0 visible); set train.devices (or torchrun's --nproc_per_node) "
+        "to at most the GPU count, or train.device to cpu"
+    ]
 
 
 @pytest.mark.gpu

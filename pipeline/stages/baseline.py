@@ -21,7 +21,7 @@ import numpy as np
 from pipeline.data.raw import SPLITS, read_split
 from pipeline.data.splitting import check_labels_known
 from pipeline.errors import PipelineError
-from pipeline.files import write_json
+from pipeline.files import stage_outputs
 from pipeline.metrics import classification_metrics
 from pipeline.params import BaselineParams
 from pipeline.system import available_cores, process_map
@@ -61,9 +61,7 @@ def run_baseline(
     """Fit the baseline on train, pick C on validation, score test; write the report.
     Switched off (`baseline.enabled: false`), it writes an empty report."""
     if not params.enabled:
-        write_json(report_path, {})
-        if runtime_path is not None:
-            write_json(runtime_path, {})
+        write_reports(report_path, {}, runtime_path, {})
         return {}
     started = time.perf_counter()
     splits = {split: read_split(raw_dir, split) for split in SPLITS}
@@ -95,10 +93,15 @@ def run_baseline(
         "workers": workers,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json(report_path, report)
-    if runtime_path is not None:
-        write_json(runtime_path, runtime)
+    write_reports(report_path, report, runtime_path, runtime)
     return {**report, **runtime}
+
+
+def write_reports(report_path: Path, report: dict, runtime_path: Path | None, runtime: dict) -> None:
+    with stage_outputs() as outputs:
+        outputs.json(report_path, report)
+        if runtime_path is not None:
+            outputs.json(runtime_path, runtime)
 
 
 def fit_best(params: BaselineParams, cores: int, data: tuple) -> tuple[float, float, object, int]:

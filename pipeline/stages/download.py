@@ -20,7 +20,7 @@ from pipeline.data.sources import SINGLE_FILE, load_source
 from pipeline.data.splitting import carve, check_classes, check_labels_known, stratified_pick
 from pipeline.data.summary import data_report
 from pipeline.errors import PipelineError
-from pipeline.files import scratch_dir, staged_dir, write_json
+from pipeline.files import scratch_dir, stage_outputs
 from pipeline.params import DownloadParams
 from pipeline.paths import DATA_REPORT, RAW_DIR
 
@@ -47,10 +47,11 @@ def run_download(params: DownloadParams, out_dir: Path = RAW_DIR, report_path: P
 
     report = data_report(frames, {split: dropped.get(split, 0) for split in SPLITS}, params.source)
     report = {"source": params.source, **loaded.provenance, **report, "duplicates": duplicates}
-    with staged_dir(out_dir) as staging:
+    with stage_outputs() as outputs:
+        staging = outputs.folder(out_dir)
         for split in SPLITS:
             write_split(frames[split], split_path(staging, split))
-    write_json(report_path, report)
+        outputs.json(report_path, report)
     return report
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline.files import atomic_file, write_json
+from pipeline.files import stage_outputs
 from pipeline.metrics import classification_metrics, softmax
 from pipeline.params import Params
 from pipeline.system import available_cores
@@ -64,9 +64,10 @@ def run_evaluate(
     metrics = classification_metrics(logits, actual, labels)
 
     names = np.asarray(labels, dtype=object)
-    with atomic_file(confusion_path) as handle:
-        pd.DataFrame({"actual": names[actual], "predicted": names[logits.argmax(1)]}).to_csv(handle, index=False)
-    with atomic_file(errors_path) as handle:
-        worst_errors(texts, logits, actual, labels, config.errors, config.error_chars).to_csv(handle, index=False)
-    write_json(metrics_path, metrics)
+    with stage_outputs() as outputs:
+        with outputs.file(confusion_path) as handle:
+            pd.DataFrame({"actual": names[actual], "predicted": names[logits.argmax(1)]}).to_csv(handle, index=False)
+        with outputs.file(errors_path) as handle:
+            worst_errors(texts, logits, actual, labels, config.errors, config.error_chars).to_csv(handle, index=False)
+        outputs.json(metrics_path, metrics)
     return metrics

@@ -57,7 +57,7 @@ from pipeline.inference.bundle import (
 )
 from pipeline.inference.classifier import Classifier
 from pipeline.errors import PipelineError
-from pipeline.files import staged_dir, write_json
+from pipeline.files import stage_outputs, write_json
 from pipeline.metrics import classification_metrics
 from pipeline.params import ExportParams, Params
 from pipeline.system import available_cores
@@ -277,7 +277,8 @@ def run_export(
     torch.set_num_threads(threads)
     checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_dir)
     model = model_from_checkpoint(checkpoint)
-    with staged_dir(out_dir) as bundle_dir:
+    with stage_outputs() as outputs:
+        bundle_dir = outputs.folder(out_dir)
         manifest = write_bundle(model, checkpoint, processed, bundle_dir, config)
         bundle = Bundle.load(bundle_dir, verify=())  # the checksums were just taken from these very files
         fp32 = onnx_session(bundle_dir / FP32_MODEL, threads)
@@ -287,19 +288,19 @@ def run_export(
         checked = check_tokenizer(classifier, texts, test, np.random.default_rng(config.seed))
         gate = check_gate(model, test, fp32, classifier.session, config)
         speed = measure_speed(engines(model, fp32, classifier.session), test, config)
-    report = {**export_report(gate, test.labels.astype(np.int64), labels, manifest), "tokenizer_checked_documents": checked}
-    runtime = {
-        **speed,
-        "int8_speedup_batch1": round(speed["latency_ms_batch1_torch_fp32"] / speed["latency_ms_batch1_onnx_int8"], 3),
-        "opset": config.opset,
-        "threads": threads,
-        "torch_threads": torch.get_num_threads(),
-        "omp_wait_policy_passive": int(os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"),
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    write_json(report_path, report)
-    if runtime_path is not None:
-        write_json(runtime_path, runtime)
+        report = {**export_report(gate, test.labels.astype(np.int64), labels, manifest), "tokenizer_checked_documents": checked}
+        runtime = {
+            **speed,
+            "int8_speedup_batch1": round(speed["latency_ms_batch1_torch_fp32"] / speed["latency_ms_batch1_onnx_int8"], 3),
+            "opset": config.opset,
+            "threads": threads,
+            "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy_passive": int(os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE"),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+        outputs.json(report_path, report)
+        if runtime_path is not None:
+            outputs.json(runtime_path, runtime)
     return {**report, **runtime}
 
 

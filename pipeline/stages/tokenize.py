@@ -22,7 +22,7 @@ from pipeline.data.raw import SPLITS, read_split, text_batches
 from pipeline.data.splitting import check_labels_known
 from pipeline.data.tokenized import write_ids, write_vocab
 from pipeline.errors import PipelineError
-from pipeline.files import staged_dir, write_json
+from pipeline.files import stage_outputs, write_json
 from pipeline.params import PretrainedParams, TokenizeParams, short_repr
 from pipeline.paths import PROCESSED_DIR, RAW_DIR, TOKENIZE_REPORT
 from pipeline.system import available_cores
@@ -63,7 +63,8 @@ def run_tokenize(
         return tqdm(total=len(labels[split]), desc=f"tokenize {split}", unit="doc", disable=None if progress is None else not progress)
 
     started = time.perf_counter()
-    with staged_dir(out_dir) as staging:
+    with stage_outputs() as outputs:
+        staging = outputs.folder(out_dir)
         if subwords is None:
             tokens = spacy_tokens(params, settings, raw_dir, staging, workers, bar)
         else:
@@ -72,16 +73,16 @@ def run_tokenize(
             np.save(staging / split / "labels.npy", np.array([class_ids[name] for name in labels[split]], dtype=np.int64))
         write_json(staging / "labels.json", classes)
         write_json(staging / "text.json", settings.to_dict())
-    report = tokenize_report(tokens, settings, len(classes))
-    runtime = {  # timings are not metrics: they differ between identical runs
-        "tokenizer": settings.tokenizer,
-        "workers": workers,
-        "seconds": round(time.perf_counter() - started, 3),
-        "tokens_per_second": round(report["tokens"] / tokens.seconds),
-    }
-    write_json(report_path, report)
-    if runtime_path is not None:
-        write_json(runtime_path, runtime)
+        report = tokenize_report(tokens, settings, len(classes))
+        runtime = {  # timings are not metrics: they differ between identical runs
+            "tokenizer": settings.tokenizer,
+            "workers": workers,
+            "seconds": round(time.perf_counter() - started, 3),
+            "tokens_per_second": round(report["tokens"] / max(tokens.seconds, 1e-9)),
+        }
+        outputs.json(report_path, report)
+        if runtime_path is not None:
+            outputs.json(runtime_path, runtime)
     return {**report, **runtime}
 
 

@@ -14,7 +14,8 @@ itself in that many processes under torchrun (`run_train_processes`); each of th
 from __future__ import annotations
 
 import contextlib
-import shutil
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,16 @@ import torch
 
 from pipeline.data.tokenized import TokenizedSplit, read_labels, read_vocab_size
 from pipeline.errors import PipelineError
-from pipeline.files import link_or_copy, read_json, staged_dir, write_json
+from pipeline.files import read_json, stage_outputs
 from pipeline.models import build_model, check_fits
 from pipeline.params import Params
 from pipeline.system import available_cores
 from pipeline.training.checkpoint import fingerprint
-from pipeline.training.device import peak_memory_mb, resolve_precision
-from pipeline.training.distributed import World, join, launch
+from pipeline.training.device import peak_memory_mb, resolve_device, resolve_precision
+from pipeline.training.distributed import MULTI_NODE_ENV, World, join, launch
 from pipeline.training.live import Console
 from pipeline.training.recipe import RESOLVED_KEYS, resolved
-from pipeline.training.trainer import Setup, SimulatedKill, Trainer
+from pipeline.training.trainer import Setup, SimulatedKill, Trainer, remove_resume_dir
 
 __all__ = ["SimulatedKill", "run_train", "run_train_processes"]
 
@@ -130,12 +131,12 @@ def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Pa
     }
     if setup.world.main:
         trainer.curves.close()
-        with staged_dir(out_dir) as staging:
-            link_or_copy(setup.resume_dir / "best.pt", staging / "best.pt")
-        write_json(report_path, report)
-        if runtime_path is not None:
-            write_json(runtime_path, runtime)
-        shutil.rmtree(setup.resume_dir)
+        with stage_outputs() as outputs:
+            outputs.link(setup.resume_dir / "best.pt", outputs.folder(out_dir) / "best.pt")
+            outputs.json(report_path, report)
+            if runtime_path is not None:
+                outputs.json(runtime_path, runtime)
+        remove_resume_dir(setup.resume_dir)
     setup.world.barrier()  # the outputs are complete before any process reports success
     return {**report, **runtime}
 
@@ -144,15 +145,30 @@ def run_train_processes(
     params: Params, params_path: Path, processed: Path, out_dir: Path, report_path: Path, live_dir: Path,
     resume_dir: Path, runtime_path: Path, stop_after_steps: int | None = None,
 ) -> None:
-    """Run the train command in `train.devices` processes under torchrun and wait for them."""
+    """Run the train command in `train.devices` processes under torchrun and wait for them. What
+    would fail in every process fails here first, once; a process's own error is reported in one
+    line (a bug in full), and rank 0's warnings are passed on."""
+    devices = params.train.devices
     read_labels(processed)  # a missing tokenize output is one error here, not one per process
+    if not any(name in os.environ for name in MULTI_NODE_ENV):  # this machine runs every process
+        resolve_device(params.train.device, local_rank=devices - 1)
     argv = ["train", "--params", str(params_path), "--data", str(processed), "--out", str(out_dir), "--report", str(report_path)]
     argv += ["--live", str(live_dir), "--resume-dir", str(resume_dir), "--runtime", str(runtime_path)]
     if stop_after_steps is not None:
         argv += ["--stop-after-steps", str(stop_after_steps)]
-    code = launch(params.train.devices, argv)
-    if code:
-        raise PipelineError(
-            f"training in {params.train.devices} processes per machine failed (torchrun exit code {code}); "
-            "the processes' own errors are above"
-        )
+    launched = launch(devices, argv)
+    if launched.code == 130:
+        raise KeyboardInterrupt
+    for line in launched.stderr.get(0, "").splitlines():
+        if line.startswith("warning: ") and not launched.code:
+            print(line, file=sys.stderr)
+    if not launched.code:
+        return
+    if (first := launched.first_error()) is not None:
+        rank, message = first
+        raise PipelineError(f"training in {devices} processes failed; process {rank}: {message}")
+    for rank, text in sorted(launched.stderr.items()):  # a bug: its traceback, as a single process would show it
+        if "Traceback" in text:
+            print(f"process {rank}:\n{text}", file=sys.stderr, end="")
+            break
+    raise PipelineError(f"training in {devices} processes failed (torchrun exit code {launched.code}); the traceback above is the first process's")

@@ -9,6 +9,7 @@ No torch here: `predict` must run without it.
 from __future__ import annotations
 
 import multiprocessing
+import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 
@@ -135,6 +136,8 @@ _worker_hasher: Hasher | None = None
 
 def _init_worker(settings: TextSettings) -> None:
     global _worker_hasher
+    if multiprocessing.parent_process() is not None:  # a pool process: Ctrl-C is the parent's to handle
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     _worker_hasher = Hasher(settings)
 
 

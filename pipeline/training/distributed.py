@@ -16,7 +16,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,20 +44,41 @@ def should_launch(devices: int) -> bool:
     return not launched() and (devices > 1 or any(name in os.environ for name in MULTI_NODE_ENV))
 
 
-def launch(devices: int, argv: list[str]) -> int:
+@dataclass
+class Launched:
+    """How a torchrun launch ended: its exit code, and what its processes wrote to stderr, by local rank."""
+
+    code: int
+    stderr: dict[int, str]
+
+    def first_error(self) -> tuple[int, str] | None:
+        """(local rank, its one-line error) of the lowest rank that failed with a PipelineError."""
+        for rank, text in sorted(self.stderr.items()):
+            for line in text.splitlines():
+                if line.startswith("error: "):
+                    return rank, line.removeprefix("error: ")
+        return None
+
+
+def launch(devices: int, argv: list[str]) -> Launched:
     """Run `python -m pipeline <argv>` in `devices` processes under torch.distributed.run and
-    wait; returns its exit code. On one machine a standalone rendezvous on a free port; with
-    PET_NNODES/PET_RDZV_ENDPOINT set, torchrun's multi-node settings from the environment."""
-    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={devices}"]
+    wait. On one machine a standalone rendezvous on a free port; with PET_NNODES/
+    PET_RDZV_ENDPOINT set, torchrun's multi-node settings from the environment. The processes'
+    stdout streams through; their stderr is kept in log files (torchrun --redirects), so that a
+    failure is reported once, not once per process and again in torchrun's own traceback."""
+    command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={devices}", "--redirects=2"]
     if not any(name in os.environ for name in MULTI_NODE_ENV):
         command.append("--standalone")
     env = dict(os.environ)
     # torchrun would set 1 and warn; each process sets its own thread count from the cores anyway
     env.setdefault("OMP_NUM_THREADS", str(max(available_cores() // devices, 1)))
-    try:
-        return subprocess.run([*command, "-m", "pipeline", *argv], env=env).returncode
-    except KeyboardInterrupt:  # torchrun passes the signal to its workers and stops them
-        return 130
+    with tempfile.TemporaryDirectory(prefix="textclf-torchrun-") as logs:
+        try:
+            code = subprocess.run([*command, f"--log-dir={logs}", "-m", "pipeline", *argv], env=env, stderr=subprocess.PIPE).returncode
+        except KeyboardInterrupt:  # torchrun passes the signal to its workers and stops them
+            code = 130
+        stderr = {int(path.parent.name): path.read_text(encoding="utf-8", errors="replace") for path in Path(logs).glob("**/attempt_*/*/stderr.log")}
+    return Launched(code, stderr)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
+from pipeline.errors import PipelineError, warn
 from pipeline.metrics import confusion_matrix, log_loss_sum, metrics_from_counts
 from pipeline.params import Params
 from pipeline.training.checkpoint import inference_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -47,6 +49,15 @@ from pipeline.training.live import Console, Curves
 from pipeline.training.loader import batch_loader, predict_logits, to_device
 from pipeline.training.optimizers import dense_embeddings, make_optimizers, optimizer_step
 from pipeline.training.schedule import learning_rate
+
+
+RESUME_FILES = re.compile(r"(best|last)\.pt|\.(best|last)\.pt\..*")  # a resume folder's files, temporary ones included
+
+
+def remove_resume_dir(folder: Path) -> None:
+    """Remove a resume folder, if it holds nothing but a run's resume files (never a folder of the user's)."""
+    if folder.is_dir() and all(RESUME_FILES.fullmatch(entry.name) for entry in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class SimulatedKill(RuntimeError):
@@ -133,14 +144,7 @@ class Trainer:
         """Continue from the resume state when it belongs to this run (rank 0 reads it and hands
         it to the others), else start afresh: the train split's statistics (bag's n-gram counts)
         go into the model's buffers, which DDP copies from rank 0. Then wrap for compile and DDP."""
-        saved = None
-        if self.world.main and self.resume_path.is_file():
-            saved = load_checkpoint(self.resume_path)
-            if saved.get("fingerprint") != self.setup.run_id:
-                self.say(f"train: {self.resume_path} belongs to other params, data or process count; starting over")
-                shutil.rmtree(self.setup.resume_dir)
-                saved = None
-        saved = self.world.broadcast(saved)
+        saved = self.world.broadcast(self.resume_state_of_this_run() if self.world.main else None)
         if saved is not None:
             self.model.load_state_dict(saved["model"])
             for optimizer, optimizer_state in zip(self.optimizers, saved["optimizers"]):
@@ -160,6 +164,25 @@ class Trainer:
         if self.world.main:
             self.curves = Curves(self.live_dir, self.progress.history, self.config.tensorboard)
         self.train_model.train()
+
+    def resume_state_of_this_run(self) -> dict[str, Any] | None:
+        """The resume state if it belongs to this run; one that cannot be used (other params, data
+        or process count, or a damaged file) is removed, so no stale state is left behind."""
+        resume_dir = self.setup.resume_dir
+        if not self.resume_path.is_file():
+            remove_resume_dir(resume_dir)  # a kill before the first resume state leaves a best.pt, or leftovers
+            return None
+        try:
+            saved = load_checkpoint(self.resume_path)
+        except PipelineError as exc:
+            warn(f"{exc}; starting over")
+            saved = None
+        if saved is not None and saved.get("fingerprint") == self.setup.run_id:
+            return saved
+        if saved is not None:
+            self.say(f"train: {self.resume_path} belongs to other params, data or process count; starting over")
+        remove_resume_dir(resume_dir)
+        return None
 
     def batches(self) -> Iterator[Batch]:
         """This rank's share of every remaining global batch, epoch after epoch, until the epoch
