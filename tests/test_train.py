@@ -57,10 +57,10 @@ test_accuracy.__test__ = False  # a helper, not a test
 
 
 def learned(out: Path) -> dict[str, str]:
-    """Every curve DVCLive logged (exact decimal text, one row per validation), without
-    samples/s, which no two runs share."""
+    """Every curve logged (exact decimal text, one row per validation); samples/s, which no two
+    runs share, is not among them (it is a timing, in the runtime folder)."""
     plots = out / "live" / "plots" / "metrics"
-    return {str(p.relative_to(plots)): p.read_text() for p in sorted(plots.rglob("*.tsv")) if p.stem != "samples_per_second"}
+    return {str(p.relative_to(plots)): p.read_text() for p in sorted(plots.rglob("*.tsv"))}
 
 
 def same_weights(a: Path, b: Path) -> bool:
@@ -91,9 +91,12 @@ def test_report_and_curves(processed, tmp_path):
         assert key in runtime and key not in saved, key
     assert saved["parameters"] == sum(t.numel() for t in load_checkpoint(tmp_path / "models" / "best.pt")["model"].values() if t.is_floating_point())  # buffers (bag's usable rows) are no parameters
     plots = tmp_path / "live" / "plots" / "metrics"
-    for name in ("train/loss", "validation/loss", "validation/accuracy", "validation/macro_f1", "lr", "samples_per_second"):
-        rows = (plots / f"{name}.tsv").read_text().splitlines()
-        assert len(rows) == 1 + report["epochs"], name  # header + one row per epoch
+    for path in [plots / f"{name}.tsv" for name in ("train/loss", "validation/loss", "validation/accuracy", "validation/macro_f1", "lr")] + [
+        tmp_path / "runtime" / "samples_per_second.tsv"  # a timing: beside runtime.json, out of the curves that compare across runs
+    ]:
+        rows = path.read_text().splitlines()
+        assert len(rows) == 1 + report["epochs"], path  # header + one row per epoch
+    assert not list(plots.rglob("samples_per_second.tsv"))
 
 
 def test_same_seed_same_metrics_and_weights(processed, tmp_path):
@@ -154,7 +157,7 @@ def test_checkpoint_round_trip(processed, tmp_path):
     assert checkpoint["text"] == json.loads((processed / "text.json").read_text())  # tokenizer settings
     assert checkpoint["best"]["step"] == report["best_step"]
     # what inference needs and nothing else: no optimizer moments, RNG or history
-    assert set(checkpoint) == {"format", "pipeline_version", "model_config", "vocab_size", "labels", "text", "model", "best"}
+    assert set(checkpoint) == {"format", "pipeline_version", "model_config", "vocab_size", "vocab_sha256", "labels", "text", "model", "best"}
     # the reloaded best model scores exactly what training recorded for it
     assert test_accuracy(tmp_path / "models" / "best.pt", processed, "validation") == report["best_validation"]
 

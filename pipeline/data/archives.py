@@ -107,7 +107,30 @@ def _member_path(archive: Path, name: str) -> PurePosixPath:
     return pure
 
 
-def _members(archive: Path) -> Iterator[tuple[str, bool, bytes | None]]:
+class _Budget:
+    """What the members read so far may still add, unpacked (download.max_unpacked_bytes)."""
+
+    def __init__(self, archive: Path, limit: int):
+        self.archive, self.limit, self.left = archive, limit, limit
+
+    def read(self, name: str, size: int, stream) -> bytes:
+        """The member's bytes, refused before reading when its size, declared or read, would pass the limit."""
+        if size > self.left:
+            raise self._over(name, size)
+        data = stream.read(self.left + 1)
+        if len(data) > self.left:  # a size header that lied
+            raise self._over(name, len(data))
+        self.left -= len(data)
+        return data
+
+    def _over(self, name: str, size: int) -> PipelineError:
+        return PipelineError(
+            f"{self.archive.name}: its members unpack to more than download.max_unpacked_bytes ({self.limit:,} bytes; "
+            f"{name!r} alone is {size:,}); raise download.max_unpacked_bytes if the archive is what you meant"
+        )
+
+
+def _members(archive: Path, budget: _Budget) -> Iterator[tuple[str, bool, bytes | None]]:
     """(name, is a folder, bytes or None) for each member, in one pass; links and special files refused."""
     if archive.name.lower().endswith(".zip"):
         with zipfile.ZipFile(archive) as zf:
@@ -115,7 +138,11 @@ def _members(archive: Path) -> Iterator[tuple[str, bool, bytes | None]]:
                 if stat.S_ISLNK(info.external_attr >> 16):
                     raise _refuse(archive, info.filename, "is a link")
                 keep = not info.is_dir() and PurePosixPath(info.filename).suffix.lower() in KEPT_SUFFIXES
-                yield info.filename, info.is_dir(), zf.read(info) if keep else None
+                if not keep:
+                    yield info.filename, info.is_dir(), None
+                    continue
+                with zf.open(info) as stream:
+                    yield info.filename, False, budget.read(info.filename, info.file_size, stream)
         return
     with tarfile.open(archive, "r:*") as tar:
         for member in tar:  # sequential: a .tar.gz is never seeked back
@@ -124,16 +151,17 @@ def _members(archive: Path) -> Iterator[tuple[str, bool, bytes | None]]:
             if not (member.isfile() or member.isdir()):
                 raise _refuse(archive, member.name, "is not a regular file or folder")
             keep = member.isfile() and PurePosixPath(member.name).suffix.lower() in KEPT_SUFFIXES
-            yield member.name, member.isdir(), tar.extractfile(member).read() if keep else None
+            yield member.name, member.isdir(), budget.read(member.name, member.size, tar.extractfile(member)) if keep else None
 
 
-def read_archive(archive: Path) -> ArchiveFolder:
+def read_archive(archive: Path, max_unpacked_bytes: int) -> ArchiveFolder:
     """The archive's data folder: its root, or the single folder inside it when the archive
-    wraps everything in one top-level folder (as aclImdb does)."""
+    wraps everything in one top-level folder (as aclImdb does). The members kept may unpack to
+    `max_unpacked_bytes` at most, checked before each is read (an archive bomb stops there)."""
     files: dict[PurePosixPath, bytes | None] = {}
     folders: set[PurePosixPath] = set()
     try:
-        for name, is_folder, data in _members(archive):
+        for name, is_folder, data in _members(archive, _Budget(archive, max_unpacked_bytes)):
             path = _member_path(archive, name)
             if not path.parts or path.parts[0] in SKIPPED or any(part.startswith(".") for part in path.parts):
                 continue  # the root itself, resource forks, hidden files

@@ -31,6 +31,42 @@ def check_text_values(column: pd.Series, name: str, where: str) -> None:
         )
 
 
+def _label_kind(value: object) -> str | None:
+    if is_null(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return "list" if isinstance(value, (list, tuple, np.ndarray)) else type(value).__name__
+
+
+def same_kind_labels(raw: pd.Series, name: str, where: str) -> pd.Series:
+    """A label column of Python values (JSON Lines) holds one kind of scalar: 1 and "1" would
+    silently be two labels of one name, or one class each. Integral numbers read as integers
+    (2.0 is the label "2")."""
+    kinds = raw.map(_label_kind)
+    found = [kind for kind in ("text", "number", "boolean") if (kinds == kind).any()]
+    other = kinds.dropna()[~kinds.dropna().isin(["text", "number", "boolean"])]
+    if len(other):
+        first = other.index[0]
+        raise PipelineError(
+            f"{where}: label column {clip(repr(name))} holds {other.iloc[0]} values (first at row {raw.index.get_loc(first) + 1}: "
+            f"{clip(repr(raw[first]))}); a row's label must be one value (a string or a number)"
+        )
+    if len(found) > 1:
+        examples = ", ".join(f"{kind} {clip(repr(raw[kinds[kinds == kind].index[0]]), 20)}" for kind in found)
+        raise PipelineError(
+            f"{where}: label column {clip(repr(name))} mixes {' and '.join(found)} values ({examples}), which would be separate classes; "
+            "write every label as the same JSON type (all strings, or all numbers)"
+        )
+    if found == ["number"]:
+        return raw.map(lambda v: v if is_null(v) or not float(v).is_integer() else int(v))
+    return raw
+
+
 def to_text_label(
     frame: pd.DataFrame,
     text_columns: list[str],
@@ -52,6 +88,8 @@ def to_text_label(
     raw = frame[label_column]
     if pd.api.types.is_float_dtype(raw) and raw.dropna().eq(raw.dropna().round()).all():
         raw = raw.astype("Int64")  # 1.0 read back from a float column is the label "1"
+    elif raw.dtype == object:
+        raw = same_kind_labels(raw, label_column, where)
     absent = raw.isna() | (raw.astype(str).str.strip() == "")
     if absent.any():
         first = int(np.flatnonzero(absent.to_numpy())[0])
@@ -65,4 +103,6 @@ def to_text_label(
                 f"(it maps {listed(label_names, quote=True)})"
             )
         labels = labels.map(label_names)
-    return pd.DataFrame({"text": text.to_numpy(dtype=object), "label": labels.to_numpy(dtype=object)})
+    result = pd.DataFrame({"text": text.to_numpy(dtype=object), "label": labels.to_numpy(dtype=object)})
+    result.attrs.update(frame.attrs)  # what reading found (readers.INVALID_UNICODE)
+    return result

@@ -18,12 +18,14 @@ from pathlib import Path
 
 from typing import TYPE_CHECKING
 
-from pipeline.errors import PipelineError, clip, listed
+from pipeline.errors import PipelineError, clip, listed, warn
 from pipeline.params import SplitNames
+from pipeline.text.settings import valid_unicode
 
 if TYPE_CHECKING:  # pandas loads only where a table is read: predict streams without it (~90 MB less)
     import pandas as pd
 
+INVALID_UNICODE = "invalid_unicode_replaced"  # a frame's attrs key: characters replaced by U+FFFD while reading
 TABLE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet"}
 VALIDATION_ALIASES = ("validation", "valid", "val", "dev")
 TEXT_TABLES = ("csv", "tsv", "jsonl")  # formats whose rows end in a newline
@@ -103,7 +105,7 @@ def read_table(
 def _read_jsonl(name: str, text: str) -> pd.DataFrame:
     import pandas as pd
 
-    records = []
+    records, replaced, first = [], 0, None
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
@@ -113,10 +115,18 @@ def _read_jsonl(name: str, text: str) -> pd.DataFrame:
             raise PipelineError(f"{name}: line {number} is not valid JSON ({exc.msg})") from None
         if not isinstance(record, dict):
             raise PipelineError(f"{name}: line {number} is not a JSON object")
+        for key, value in record.items():  # a JSON escape can hold a lone surrogate, which no file or tokenizer takes
+            if isinstance(value, str):
+                record[key], count = valid_unicode(value)
+                replaced, first = replaced + count, first or (number if count else None)
         records.append(record)
     if not records:
         raise PipelineError(f"{name}: the file is empty")
-    return pd.DataFrame.from_records(records)
+    if replaced:
+        warn(f"{name}: replaced {replaced:,} invalid characters (lone surrogates from JSON escapes, the first on line {first}) with U+FFFD")
+    frame = pd.DataFrame.from_records(records)
+    frame.attrs[INVALID_UNICODE] = replaced
+    return frame
 
 
 def match_splits(available: list[str], names: SplitNames, where: str) -> dict[str, str]:

@@ -53,7 +53,7 @@ def load_source(params: DownloadParams, scratch: Path) -> Loaded:
         check_sha256(digest, params.sha256, str(path))
     provenance = {"source_sha256": digest, "source_revision": None}
     if path.is_file() and is_archive(path):
-        path = read_archive(path)  # in memory, a folder to the readers
+        path = read_archive(path, params.max_unpacked_bytes)  # in memory, a folder to the readers
 
     def name_of(where: Path | ArchiveFolder) -> str:
         """How messages call a path: the user's source, or `source:member` inside an archive."""

@@ -25,14 +25,15 @@ def length_histogram(values: np.ndarray) -> dict:
     return {"edges": edges, "counts": counts.tolist()}
 
 
-def data_report(frames: dict[str, pd.DataFrame], dropped: dict[str, int], source: str) -> dict:
+def data_report(frames: dict[str, pd.DataFrame], cleaning: dict[str, dict[str, int]], source: str) -> dict:
+    """`cleaning`: per split, what cleaning dropped or replaced (empty_dropped, invalid_unicode_replaced)."""
     report: dict = {"source": source, "classes": sorted(frames["train"]["label"].unique().tolist())}
     for split in SPLITS:
         frame = frames[split]
         counts = frame["label"].value_counts()
         report[split] = {
             "rows": len(frame),
-            "empty_dropped": dropped[split],
+            **cleaning[split],
             "classes": {label: int(counts.get(label, 0)) for label in report["classes"]},
             "chars": percentiles(frame["text"].str.len().to_numpy()),
             "words": percentiles(words := frame["text"].str.split().str.len().to_numpy()),

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TextIO
@@ -31,10 +32,11 @@ import numpy as np
 
 from pipeline.data.readers import stream_records, table_format
 from pipeline.errors import PipelineError
-from pipeline.files import atomic_file
+from pipeline.files import ENVIRONMENT_ERRNOS, atomic_file
 from pipeline.inference.bundle import FP32_MODEL, INT8_MODEL, LABELS, TEXT_SETTINGS, VOCAB, Bundle
 from pipeline.inference.classifier import Classifier, prediction
 from pipeline.system import available_cores
+from pipeline.text.settings import valid_unicode
 from pipeline.text.spacy_tokenizer import Hasher, Workers
 
 CHUNK = 512  # texts per tokenizing task: large enough to amortize the worker round trip
@@ -66,8 +68,16 @@ def _records(handle: BinaryIO, where: str, fmt: str | None, column: str, encodin
             yield text
 
 
-def json_lines(texts: list[str], probabilities: np.ndarray, names: list[str]) -> str:
-    return "".join(json.dumps({"text": text, **prediction(row, names)}, ensure_ascii=False) + "\n" for text, row in zip(texts, probabilities))
+def echoed(text: str, limit: int | None) -> str:
+    """What a line shows of its text: all of it, or its first `limit` characters and "…"."""
+    return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
+
+
+def json_lines(texts: list[str], probabilities: np.ndarray, names: list[str], echo_chars: int | None = None) -> str:
+    return "".join(
+        json.dumps({"text": echoed(text, echo_chars), **prediction(row, names)}, ensure_ascii=False) + "\n"
+        for text, row in zip(texts, probabilities)
+    )
 
 
 _END = object()
@@ -118,15 +128,11 @@ class Chunker:
         return None
 
 
-class _Done:
-    def __init__(self, value: object):
-        self.value = value
-
-    def ready(self) -> bool:
-        return True
-
-    def get(self) -> object:
-        return self.value
+def _done(value: object) -> Future:
+    """A finished Future holding `value` (a chunk tokenized in this process)."""
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 def predict_lines(
@@ -137,6 +143,7 @@ def predict_lines(
     batch_size: int = 64,
     workers: int | None = None,
     flush: bool = True,
+    echo_chars: int | None = None,
 ) -> int:
     """Write one JSON line per text to `out`, chunk by chunk in input order (flushed after each
     when `flush`); returns the number of texts. An exception of `texts` is raised after the
@@ -155,16 +162,16 @@ def predict_lines(
     def write_oldest() -> None:
         nonlocal count
         chunk, result = pending.popleft()
-        tokens, lengths = result.get()
+        tokens, lengths = Workers.result(result)
         probabilities = classifier.probabilities(classifier.token_ids(tokens, lengths), batch_size)
-        out.write(json_lines(chunk, probabilities, bundle.labels))
+        out.write(json_lines(chunk, probabilities, bundle.labels, echo_chars))
         if flush:
             out.flush()
         count += len(chunk)
 
     try:
         while True:
-            while pending and (pending[0][1].ready() or len(pending) >= in_flight):
+            while pending and (pending[0][1].done() or len(pending) >= in_flight):
                 write_oldest()
             item = chunker.next(PAUSE_SECONDS)
             if item is None:
@@ -179,7 +186,7 @@ def predict_lines(
                 pool = Workers(bundle.settings, workers, Hasher.hash_bounded).__enter__()
             started = True
             if pool is None:
-                pending.append((item, _Done(classifier.tokenize(item))))
+                pending.append((item, _done(classifier.tokenize(item))))
             else:
                 pending.append((item, pool.submit(item)))
     finally:
@@ -215,6 +222,14 @@ class Predicted:
     count: int | None  # texts classified (None when the reader of stdout stopped early)
     seconds: float
     skipped: list[str] = field(default_factory=list)  # the messages of the bad lines skipped (--skip-bad)
+    replaced: int = 0  # invalid characters (lone surrogates) replaced by U+FFFD
+
+    def valid(self, texts: Iterator[str]) -> Iterator[str]:
+        """The texts with invalid Unicode replaced (pipeline.text.settings.valid_unicode), counted."""
+        for text in texts:
+            text, replaced = valid_unicode(text)
+            self.replaced += replaced
+            yield text
 
 
 def run_predict(
@@ -229,9 +244,10 @@ def run_predict(
     out: Path | None = None,
     batch_size: int = 64,
     workers: int | None = None,
+    echo_chars: int | None = None,
 ) -> Predicted:
     """Classify the texts (arguments, `file`, or stdin) into JSON Lines on stdout, or atomically
-    into `out`."""
+    into `out`; each line echoes its text cut to `echo_chars` (None: whole)."""
     bundle, texts = bundle_and_texts(items, bundle, default_bundle)
     if texts and file is not None:
         raise PipelineError("give texts as arguments or with --file, not both")
@@ -245,15 +261,21 @@ def run_predict(
         source = stdin_texts(encoding, on_bad)
     else:
         raise PipelineError("no texts to classify: pass them as arguments, with --file, or on stdin (one per line)")
+    source = result.valid(source)
+    options = {"int8": int8, "batch_size": batch_size, "workers": workers, "echo_chars": echo_chars}
     started = time.perf_counter()
     if out is None:
         try:
-            result.count = predict_lines(bundle, source, sys.stdout, int8=int8, batch_size=batch_size, workers=workers)
+            result.count = predict_lines(bundle, source, sys.stdout, **options)
             sys.stdout.flush()
         except BrokenPipeError:  # the reader stopped early (`| head`): not an error
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError as exc:
+            if exc.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            raise PipelineError(f"cannot write the predictions to stdout ({exc.strerror}); check where it goes, or use --out FILE") from None
     else:
         with atomic_file(out) as handle:
-            result.count = predict_lines(bundle, source, handle, int8=int8, batch_size=batch_size, workers=workers, flush=False)
+            result.count = predict_lines(bundle, source, handle, flush=False, **options)
     result.seconds = time.perf_counter() - started
     return result

@@ -16,6 +16,7 @@ import pandas as pd
 from pipeline.data.columns import to_text_label
 from pipeline.data.dedup import deduplicate
 from pipeline.data.raw import SPLITS, split_path, write_split
+from pipeline.data.readers import INVALID_UNICODE
 from pipeline.data.sources import SINGLE_FILE, load_source
 from pipeline.data.splitting import carve, check_classes, check_labels_known, stratified_pick
 from pipeline.data.summary import data_report
@@ -35,17 +36,20 @@ def run_download(params: DownloadParams, out_dir: Path = RAW_DIR, report_path: P
             split: to_text_label(frame, text_columns, label_column, params.label_names, where)
             for split, (frame, where) in loaded.splits.items()
         }
-    frames, dropped = drop_empty(frames)
+    frames, cleaning = clean(frames, {split: where for split, (_, where) in loaded.splits.items()})
     if SINGLE_FILE in frames:
         frames["train"] = frames.pop(SINGLE_FILE)
-        dropped["train"] = dropped.pop(SINGLE_FILE)
+        cleaning["train"] = cleaning.pop(SINGLE_FILE)
     # Before any carving, so that no duplicate can straddle a split we make.
     frames, duplicates = deduplicate(frames, params.dedup)
     check_classes(frames["train"]["label"])
     frames = complete_splits(frames, params, np.random.default_rng(params.seed))
-    check_labels_known({split: frame["label"] for split, frame in frames.items()}, "fix the source's labels or download.label_names")
+    fix = "fix the source's labels or download.label_names"
+    if params.max_rows is not None:
+        fix = f"download.max_rows keeps {params.max_rows:,} rows per split, too few for {frames['train']['label'].nunique()} classes: raise it"
+    check_labels_known({split: frame["label"] for split, frame in frames.items()}, fix)
 
-    report = data_report(frames, {split: dropped.get(split, 0) for split in SPLITS}, params.source)
+    report = data_report(frames, {split: cleaning.get(split, {"empty_dropped": 0, INVALID_UNICODE: 0}) for split in SPLITS}, params.source)
     report = {"source": params.source, **loaded.provenance, **report, "duplicates": duplicates}
     with stage_outputs() as outputs:
         staging = outputs.folder(out_dir)
@@ -55,16 +59,20 @@ def run_download(params: DownloadParams, out_dir: Path = RAW_DIR, report_path: P
     return report
 
 
-def drop_empty(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], dict[str, int]]:
-    """The frames without rows whose text is empty or blank, and how many each lost."""
-    kept, dropped = {}, {}
+def clean(frames: dict[str, pd.DataFrame], wheres: dict[str, str]) -> tuple[dict[str, pd.DataFrame], dict[str, dict[str, int]]]:
+    """The frames without rows whose text is empty or blank; per split, how many rows that
+    dropped and how many invalid characters reading replaced by U+FFFD (readers.py: the rule
+    for text that is not valid Unicode)."""
+    kept, counts = {}, {}
     for split, frame in frames.items():
+        if frame.empty:
+            raise PipelineError(f"{wheres[split]} has no rows (a header alone?); give it labelled rows")
         empty = frame["text"].str.strip() == ""
         if empty.all():
-            raise PipelineError(f"all {len(frame)} texts in {split} are empty; check download.text_columns")
-        dropped[split] = int(empty.sum())
+            raise PipelineError(f"all {len(frame):,} texts in {wheres[split]} are empty; check download.text_columns")
         kept[split] = frame[~empty].reset_index(drop=True)
-    return kept, dropped
+        counts[split] = {"empty_dropped": int(empty.sum()), INVALID_UNICODE: int(frame.attrs.get(INVALID_UNICODE, 0))}
+    return kept, counts
 
 
 def complete_splits(frames: dict[str, pd.DataFrame], params: DownloadParams, rng: np.random.Generator) -> dict[str, pd.DataFrame]:

@@ -113,6 +113,10 @@ def class_balance_figure(data: dict) -> str:
     plt = _pyplot()
     classes = data["classes"]
     splits = [s for s in ("train", "validation", "test") if s in data]
+    shown = f"the {MATRIX_CLASSES} most frequent of {len(classes):,} classes" if len(classes) > MATRIX_CLASSES else ""
+    if shown:
+        train_counts = data["train"]["classes"]
+        classes = sorted(classes, key=lambda c: -train_counts.get(c, 0))[:MATRIX_CLASSES]
     figure, axis = plt.subplots(figsize=(5.2, min(1.1 + 0.175 * len(classes) * len(splits), 12)))
     height = 0.8 / len(splits)
     positions = np.arange(len(classes))
@@ -124,7 +128,7 @@ def class_balance_figure(data: dict) -> str:
     axis.invert_yaxis()
     axis.set_xlabel("share of the split's texts")
     axis.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=len(splits), frameon=False)
-    axis.set_title("Class balance")
+    axis.set_title(f"Class balance ({shown})" if shown else "Class balance")
     return _svg(figure)
 
 
@@ -175,7 +179,16 @@ def curves_figure(live_dir: Path) -> str | None:
     return _svg(figure)
 
 
+MATRIX_CLASSES = 30  # up to this many classes the confusion matrix is drawn whole; above, the top confusions
+TOP_CONFUSIONS = 20
+TABLE_CLASSES = 100  # per-class rows on the page (the most frequent test classes); metrics.json has them all
+
+
 def confusion_figure(confusion: pd.DataFrame, labels: list[str]) -> str:
+    """The confusion matrix, from the (actual, predicted) pairs; with many classes, the most
+    frequent confusions instead (a matrix of 20,000 classes would be 400 million cells)."""
+    if len(labels) > MATRIX_CLASSES:
+        return top_confusions_figure(confusion)
     plt = _pyplot()
     index = {name: i for i, name in enumerate(labels)}
     matrix = np.zeros((len(labels), len(labels)), dtype=np.int64)
@@ -197,6 +210,20 @@ def confusion_figure(confusion: pd.DataFrame, labels: list[str]) -> str:
     return _svg(figure)
 
 
+def top_confusions_figure(confusion: pd.DataFrame) -> str:
+    plt = _pyplot()
+    wrong = confusion[confusion["actual"] != confusion["predicted"]]
+    pairs = wrong.groupby(["actual", "predicted"], sort=False).size().sort_values(ascending=False, kind="stable").head(TOP_CONFUSIONS)
+    figure, axis = plt.subplots(figsize=(6.5, 1.0 + 0.25 * max(len(pairs), 1)))
+    names = [f"{actual} → {predicted}" for actual, predicted in pairs.index]
+    axis.barh(range(len(pairs)), pairs.to_numpy())
+    axis.set_yticks(range(len(pairs)), names)
+    axis.invert_yaxis()
+    axis.set_xlabel("test documents")
+    axis.set_title(f"The {len(pairs)} most frequent confusions (test): actual → predicted")
+    return _svg(figure)
+
+
 # --- the page -------------------------------------------------------------------------------
 def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(data, dict):
@@ -205,7 +232,9 @@ def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
 
 
 def per_class_rows(metrics: dict, labels: list[str], confusion: pd.DataFrame) -> list[dict]:
+    """A row per class in label order; with many classes, the TABLE_CLASSES most frequent in test."""
     support = confusion["actual"].value_counts()
+    shown = labels if len(labels) <= TABLE_CLASSES else sorted(support.index[:TABLE_CLASSES].tolist(), key=labels.index)
     return [
         {
             "name": name,
@@ -214,7 +243,7 @@ def per_class_rows(metrics: dict, labels: list[str], confusion: pd.DataFrame) ->
             "f1": metrics.get(f"{name}_f1"),
             "support": int(support.get(name, 0)),
         }
-        for name in labels
+        for name in shown
     ]
 
 

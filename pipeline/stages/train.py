@@ -23,8 +23,8 @@ from typing import Any
 import torch
 
 from pipeline.data.tokenized import TokenizedSplit, read_labels, read_vocab_size
-from pipeline.errors import PipelineError
-from pipeline.files import read_json, stage_outputs
+from pipeline.errors import PipelineError, warn
+from pipeline.files import read_json, sha256_of, stage_outputs
 from pipeline.models import build_model, check_fits
 from pipeline.params import Params
 from pipeline.system import available_cores
@@ -61,7 +61,9 @@ def run_train(
         console = Console(progress if world.main else False)
         if world.main:
             console.line(f"train: {params.model.arch}, " + ", ".join(f"{key} {getattr(params.train, key):g}" for key in RESOLVED_KEYS))
-        trainer = Trainer(setup, build_model(params.model, setup.vocab_size, len(setup.labels)).to(device), console, live_dir)
+        # the samples/s curve beside runtime.json (reports/runtime/train/): a timing, not a result
+        timing_dir = runtime_path.with_suffix("") if runtime_path is not None else None
+        trainer = Trainer(setup, build_model(params.model, setup.vocab_size, len(setup.labels)).to(device), console, live_dir, timing_dir)
         trainer.restore()
         for batch in trainer.batches():
             if not trainer.train_step(batch):
@@ -94,9 +96,13 @@ def prepare(params: Params, processed: Path, world: World, device: torch.device,
             raise PipelineError(f"{name} labels do not match labels.json; rerun the tokenize stage")
     text_settings = read_json(processed / "text.json", "rerun the tokenize stage")
     check_fits(params.model, int(text_settings["max_tokens"]))
+    if config.batch_size > len(train):
+        if world.main:
+            warn(f"train.batch_size {config.batch_size:,} is more than the {len(train):,} train documents; batches of {len(train):,}")
+        params = params.model_copy(update={"train": config.model_copy(update={"batch_size": len(train)})})
     return Setup(
-        params, world, device, precision, labels, train, validation, read_vocab_size(processed), text_settings,
-        resume_dir, fingerprint(params, processed, world.size),
+        params, world, device, precision, labels, train, validation, read_vocab_size(processed), sha256_of(processed / "vocab.json"),
+        text_settings, resume_dir, fingerprint(params, processed, world.size),
     )
 
 

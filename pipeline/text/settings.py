@@ -59,6 +59,21 @@ def truncate(tokens: np.ndarray, budget: int, truncation: str) -> np.ndarray:
     return tokens[:budget]
 
 
+SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def valid_unicode(text: str) -> tuple[str, int]:
+    """`text` with every lone surrogate replaced by U+FFFD, and how many there were: the one
+    rule for text that is not valid Unicode, everywhere (download, predict, serve). They come
+    from broken JSON escapes ("\\ud800") and from bytes a command line could not decode; no
+    tokenizer, file or response can carry them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return SURROGATE.subn("\ufffd", text)
+    return text, 0
+
+
 # tokenize.max_tokens null with spaCy (IMDB: 3% of reviews are longer); a pretrained model's
 # null is its own input limit (subwords.pretrained_tokenizer)
 SPACY_MAX_TOKENS = 1000

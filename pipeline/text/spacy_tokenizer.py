@@ -12,6 +12,8 @@ import multiprocessing
 import signal
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 import numpy as np
 
@@ -148,7 +150,9 @@ def _run_task(task: Callable[[Hasher, list[str]], object], texts: list[str]) -> 
 
 class Workers:
     """Runs `task(hasher, texts)` over batches of texts in order, in-process (workers=1) or in a
-    process pool with a bounded amount of work in flight. `task` must be a module-level function."""
+    process pool with a bounded amount of work in flight. `task` must be a module-level function.
+    A pool process that dies (killed, out of memory) fails what it was doing at once with
+    `WorkerDied`, never a wait without end; `restart` gives a fresh pool."""
 
     def __init__(self, settings: TextSettings, workers: int, task: Callable[[Hasher, list[str]], object], always_pool: bool = False):
         self.settings, self.workers, self.task, self.pool = settings, workers, task, None
@@ -158,24 +162,41 @@ class Workers:
         if self.workers == 1 and not self.always_pool:
             _init_worker(self.settings)
         else:
-            # forkserver: no fork of a threaded parent (pyarrow, ONNX Runtime), yet workers start
-            # fast because the server imports spaCy once (without torch: see pipeline.text.torchless).
-            method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            if method == "forkserver":
-                context.set_forkserver_preload(["pipeline.text.torchless", "spacy", "pipeline.text.spacy_tokenizer"])
-            self.pool = context.Pool(self.workers, initializer=_init_worker, initargs=(self.settings,))
+            self.pool = self._new_pool()
         return self
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        # forkserver: no fork of a threaded parent (pyarrow, ONNX Runtime), yet workers start
+        # fast because the server imports spaCy once (without torch: see pipeline.text.torchless).
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        if method == "forkserver":
+            context.set_forkserver_preload(["pipeline.text.torchless", "spacy", "pipeline.text.spacy_tokenizer"])
+        return ProcessPoolExecutor(self.workers, mp_context=context, initializer=_init_worker, initargs=(self.settings,))
+
+    def restart(self) -> None:
+        """A fresh pool in place of a broken one (its processes are gone)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool = self._new_pool()
 
     def __exit__(self, *exc: object) -> None:
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)  # the tasks running are short: a batch each
+            self.pool = None
 
-    def submit(self, texts: list[str]):
-        """Start `task` on one batch in the pool; returns an AsyncResult (`ready()`, `get()`)."""
+    def submit(self, texts: list[str]) -> Future:
+        """Start `task` on one batch in the pool; a Future (`done()`, and `result` through `Workers.result`)."""
         assert self.pool is not None, "submit needs a pool (see __enter__)"
-        return self.pool.apply_async(_run_task, (self.task, texts))
+        return self.pool.submit(_run_task, self.task, texts)
+
+    @staticmethod
+    def result(future: Future, timeout: float | None = None) -> object:
+        """The task's result; WorkerDied if its process died."""
+        try:
+            return future.result(timeout)
+        except BrokenProcessPool:
+            raise WorkerDied("a tokenizing process stopped unexpectedly (killed, or out of memory?); rerun") from None
 
     def map(self, batches: Iterable[list[str]]) -> Iterator:
         if self.pool is None:
@@ -184,8 +205,12 @@ class Workers:
             return
         pending: deque = deque()
         for texts in batches:
-            pending.append(self.pool.apply_async(_run_task, (self.task, texts)))
+            pending.append(self.submit(texts))
             if len(pending) >= 4 * self.workers:
-                yield pending.popleft().get()
+                yield self.result(pending.popleft())
         while pending:
-            yield pending.popleft().get()
+            yield self.result(pending.popleft())
+
+
+class WorkerDied(PipelineError):
+    """A pool process died while it had work: the machine's doing (a kill, the OOM killer), not the input's."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.errors import PipelineError, clip, first_line
+from pipeline.errors import PipelineError, clip, first_line, warn
 from pipeline.text.settings import TextSettings, truncate
 
 if TYPE_CHECKING:
@@ -57,6 +57,9 @@ def model_folder(params: PretrainedParams) -> Path:
             "give a model folder (relative to the project root) or a Hub id"
         )
     else:
+        if params.revision is None:
+            warn(f"model.pretrained.revision is null: {clip(source)} is taken at its latest version on the Hub, so the run is not pinned; "
+                 "set it to a commit of that repository")
         folder = _download(source, params.revision)
     if not (folder / "config.json").is_file():
         raise PipelineError(
@@ -66,7 +69,7 @@ def model_folder(params: PretrainedParams) -> Path:
     return folder
 
 
-def _download(repo_id: str, revision: str) -> Path:
+def _download(repo_id: str, revision: str | None) -> Path:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
@@ -83,7 +86,7 @@ def _download(repo_id: str, revision: str) -> Path:
     except (OSError, ValueError) as exc:  # offline, unknown id or revision, no access: the Hub's errors are OSErrors
         reason = f"{host} cannot be reached, and it is not in the local cache" if host else f"{type(exc).__name__}: {clip(first_line(exc), 160)}"
         raise PipelineError(
-            f"model.pretrained.source: cannot get {clip(repo_id)} at revision {clip(revision, 40)} from the Hugging Face Hub, "
+            f"model.pretrained.source: cannot get {clip(repo_id)} at revision {clip(str(revision), 40)} from the Hugging Face Hub, "
             f"and it is no folder here ({reason}); check the id and model.pretrained.revision (a commit of that repository), {OFFLINE_FIX}"
         ) from None
     finally:

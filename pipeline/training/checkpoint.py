@@ -31,9 +31,9 @@ import torch
 
 from pipeline import __version__
 from pipeline.data.raw import read_texts
-from pipeline.data.tokenized import TokenizedSplit, read_labels
+from pipeline.data.tokenized import TokenizedSplit, read_labels, read_vocab_size
 from pipeline.errors import PipelineError, first_line
-from pipeline.files import atomic_file
+from pipeline.files import atomic_file, read_json, sha256_of
 from pipeline.models import build_model
 from pipeline.params import ModelParams, Params
 
@@ -76,12 +76,14 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
-def inference_state(model: torch.nn.Module, config: ModelParams, vocab_size: int, labels: list[str], text: dict) -> dict[str, Any]:
-    """What best.pt holds besides its `best` record: what inference needs to rebuild the model."""
+def inference_state(model: torch.nn.Module, config: ModelParams, vocab_size: int, vocab_sha256: str, labels: list[str], text: dict) -> dict[str, Any]:
+    """What best.pt holds besides its `best` record: what inference needs to rebuild the model,
+    and the vocabulary's checksum, so that it is never scored against other tokenized data."""
     return {
         "model_config": config.model_dump(),
         **({"encoder_config": model.encoder_config} if hasattr(model, "encoder_config") else {}),
         "vocab_size": vocab_size,
+        "vocab_sha256": vocab_sha256,
         "labels": labels,
         "text": text,
         "model": model.state_dict(),
@@ -120,6 +122,21 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def check_same_data(checkpoint: dict[str, Any], checkpoint_path: Path, processed: Path) -> None:
+    """The checkpoint was trained on this tokenized data: the same vocabulary (size and checksum)
+    and tokenizer settings. Scoring it on other ids would give a number that means nothing."""
+    vocab_size = read_vocab_size(processed)
+    trained_on = checkpoint.get("vocab_sha256")
+    if checkpoint["vocab_size"] != vocab_size or (trained_on is not None and trained_on != sha256_of(processed / "vocab.json")):
+        raise PipelineError(
+            f"{checkpoint_path} was trained on another vocabulary than {processed} ({checkpoint['vocab_size']:,} tokens, "
+            f"this data has {vocab_size:,}{'' if checkpoint['vocab_size'] != vocab_size else ', other tokens'}); rerun the train stage (dvc repro)"
+        )
+    text = read_json(processed / "text.json", "rerun the tokenize stage")
+    if checkpoint["text"] != text:
+        raise PipelineError(f"{checkpoint_path} was trained on text tokenized with other settings than {processed}/text.json; rerun the train stage (dvc repro)")
+
+
 class ScoringInputs(NamedTuple):
     checkpoint: dict[str, Any]
     labels: list[str]
@@ -134,6 +151,7 @@ def load_scoring_inputs(checkpoint_path: Path, processed: Path, raw_dir: Path) -
     labels = read_labels(processed)
     if list(checkpoint["labels"]) != labels:
         raise PipelineError(f"{checkpoint_path} was trained on other classes than {processed}/labels.json; rerun the train stage")
+    check_same_data(checkpoint, checkpoint_path, processed)
     test = TokenizedSplit(processed / "test")
     if len(test) == 0:
         raise PipelineError(f"{processed}/test is empty; check the download stage's output")

@@ -2,7 +2,8 @@
 reads; optionally TensorBoard event files beside them) and the console.
 
 The curves are written by this module, not by DVCLive: one TSV per series under
-<folder>/plots/metrics/ (e.g. validation/accuracy.tsv with the columns `step` and `accuracy`),
+<folder>/plots/metrics/ (e.g. validation/accuracy.tsv with the columns `step` and `accuracy`;
+samples/s, a timing, beside reports/runtime/train.json instead),
 rewritten whole after every validation from the run's history, so that a resumed run and an
 uninterrupted one write the same bytes and a kill never leaves half a row. DVCLive's own
 writer is not used because it reaches DVC and git through private hooks and this is all we
@@ -20,15 +21,20 @@ from pipeline.files import atomic_file
 
 CURVES = Path("plots") / "metrics"  # under the curves folder, as DVCLive lays it out
 TENSORBOARD = "tensorboard"  # event files' folder inside the curves folder (train.tensorboard)
+# series of the machine's speed, not of the model: kept apart (the runtime folder), so that the
+# curves of identical runs are identical files
+TIMING_SERIES = {"samples_per_second"}
 
 
 class Curves:
     """One TSV per logged series, rewritten from the history after each validation; and, with
     `tensorboard`, the same points as TensorBoard scalars. A resumed run replays its history."""
 
-    def __init__(self, folder: Path, history: list[dict[str, float]], tensorboard: bool = False):
-        self.folder, self.history, self.writer = folder, list(history), None
-        shutil.rmtree(folder / CURVES, ignore_errors=True)  # what an earlier run left
+    def __init__(self, folder: Path, history: list[dict[str, float]], tensorboard: bool = False, timing_folder: Path | None = None):
+        self.folder, self.history, self.writer, self.timing_folder = folder, list(history), None, timing_folder
+        for old in (folder / CURVES, timing_folder):  # what an earlier run left
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -58,7 +64,9 @@ class Curves:
 
     def _write(self) -> None:
         for name in [key for key in self.history[-1] if key != "step"]:
-            path = self.folder / CURVES / f"{name}.tsv"
+            if name in TIMING_SERIES and self.timing_folder is None:
+                continue
+            path = (self.timing_folder if name in TIMING_SERIES else self.folder / CURVES) / f"{name}.tsv"
             rows = [f"{int(record['step'])}\t{record[name]}" for record in self.history if name in record]
             with atomic_file(path) as handle:
                 handle.write("\n".join([f"step\t{Path(name).name}", *rows]) + "\n")

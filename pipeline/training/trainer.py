@@ -39,7 +39,7 @@ from torch import nn
 
 from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
 from pipeline.errors import PipelineError, warn
-from pipeline.metrics import confusion_matrix, log_loss_sum, metrics_from_counts
+from pipeline.metrics import class_counts, log_loss_sum, metrics_from_counts
 from pipeline.params import Params
 from pipeline.training.checkpoint import inference_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.training.device import autocast
@@ -92,6 +92,7 @@ class Setup:
     train: TokenizedSplit
     validation: TokenizedSplit
     vocab_size: int
+    vocab_sha256: str
     text_settings: dict
     resume_dir: Path
     run_id: str  # the fingerprint a resume state must carry
@@ -122,7 +123,7 @@ class Batch(NamedTuple):
 class Trainer:
     """The model, optimizers and state of one run, with its steps as methods."""
 
-    def __init__(self, setup: Setup, model: nn.Module, console: Console, live_dir: Path):
+    def __init__(self, setup: Setup, model: nn.Module, console: Console, live_dir: Path, timing_dir: Path | None = None):
         self.setup, self.config, self.world = setup, setup.params.train, setup.world
         self.model, self.console = model, console
         self.say = console.line if self.world.main else (lambda text: None)
@@ -131,7 +132,7 @@ class Trainer:
         self.optimizers = make_optimizers(model, self.config)
         self.tracker = Tracker.for_params(self.config.monitor, self.config.mode, self.config.patience, self.config.min_delta)
         self.progress = Progress()
-        self.live_dir = live_dir
+        self.live_dir, self.timing_dir = live_dir, timing_dir
         self.curves: Curves | None = None
         self.loss_sum, self.loss_count = torch.zeros((), device=setup.device), 0  # summed on the device: no per-step sync
         self.epoch_batches, self.epoch_ended, self.tick = 0, False, 0.0
@@ -162,7 +163,7 @@ class Trainer:
             device = self.setup.device
             self.train_model = nn.parallel.DistributedDataParallel(self.step_model, device_ids=[device.index] if device.type == "cuda" else None)
         if self.world.main:
-            self.curves = Curves(self.live_dir, self.progress.history, self.config.tensorboard)
+            self.curves = Curves(self.live_dir, self.progress.history, self.config.tensorboard, self.timing_dir)
         self.train_model.train()
 
     def resume_state_of_this_run(self) -> dict[str, Any] | None:
@@ -255,10 +256,10 @@ class Trainer:
         shard_ids = np.arange(world.rank, len(setup.validation), world.size)
         logits = predict_logits(self.step_model, setup.validation, config.batch_size * 4, setup.device, setup.precision, setup.workers, shard_ids)
         actual, classes = setup.validation.labels[shard_ids], len(setup.labels)
-        counts = confusion_matrix(actual, logits.argmax(1), classes) if len(actual) else np.zeros((classes, classes), np.int64)
+        counts = class_counts(actual, logits.argmax(1) if len(actual) else actual, classes)
         sums = torch.tensor([*counts.ravel(), log_loss_sum(logits, actual)], dtype=torch.float64)
         sums = world.all_reduce(torch.cat([sums.to(setup.device), self.loss_sum.double().reshape(1)])).cpu().numpy()
-        counts = sums[: classes**2].round().astype(np.int64).reshape(classes, classes)
+        counts = sums[: counts.size].round().astype(np.int64).reshape(counts.shape)
         scores = metrics_from_counts(counts, float(sums[-2] / max(len(setup.validation), 1)), setup.labels)
         record = {
             "step": progress.step,
@@ -298,7 +299,7 @@ class Trainer:
 
     def inference_state(self) -> dict[str, Any]:
         setup = self.setup
-        return inference_state(self.model, setup.params.model, setup.vocab_size, setup.labels, setup.text_settings)
+        return inference_state(self.model, setup.params.model, setup.vocab_size, setup.vocab_sha256, setup.labels, setup.text_settings)
 
     def resume_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
         return {
