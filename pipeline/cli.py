@@ -307,7 +307,7 @@ def serve(
     """Serve the bundle over HTTP: POST /predict {"text": ...} or {"texts": [...]}; GET /health, /metadata."""
     import pipeline.text.torchless  # noqa: F401  (before spaCy: keeps torch out of this process)
 
-    with reported_errors():
+    with reported_errors(interrupted="stopped"):
         from pipeline.inference.serve import Limits, run_serve
 
         limits = Limits(max_body_bytes, max_texts, max_text_chars, max_batch, max_wait_ms, max_queue, request_timeout, header_timeout)

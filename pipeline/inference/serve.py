@@ -34,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import platform
+import signal
 import threading
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -442,4 +443,10 @@ def run_serve(
     announce(f"http://{host}:{sock.getsockname()[1]}")
     config = uvicorn.Config(application, log_level="warning", timeout_graceful_shutdown=shutdown_seconds, access_log=False,
                             http=header_timeout_protocol(limits.header_timeout_s))
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn drains on SIGTERM, then raises the signal again for the previous handler: a no-op
+    # one, so that a drained server exits 0 (a supervisor's clean stop), not killed by the signal
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -148,6 +148,9 @@ def _run_task(task: Callable[[Hasher, list[str]], object], texts: list[str]) -> 
     return task(_worker_hasher, texts)
 
 
+WORKER_DIED = "a tokenizing process stopped unexpectedly (killed, or out of memory?); rerun"
+
+
 class Workers:
     """Runs `task(hasher, texts)` over batches of texts in order, in-process (workers=1) or in a
     process pool with a bounded amount of work in flight. `task` must be a module-level function.
@@ -188,7 +191,10 @@ class Workers:
     def submit(self, texts: list[str]) -> Future:
         """Start `task` on one batch in the pool; a Future (`done()`, and `result` through `Workers.result`)."""
         assert self.pool is not None, "submit needs a pool (see __enter__)"
-        return self.pool.submit(_run_task, self.task, texts)
+        try:
+            return self.pool.submit(_run_task, self.task, texts)
+        except BrokenProcessPool:
+            raise WorkerDied(WORKER_DIED) from None
 
     @staticmethod
     def result(future: Future, timeout: float | None = None) -> object:
@@ -196,7 +202,7 @@ class Workers:
         try:
             return future.result(timeout)
         except BrokenProcessPool:
-            raise WorkerDied("a tokenizing process stopped unexpectedly (killed, or out of memory?); rerun") from None
+            raise WorkerDied(WORKER_DIED) from None
 
     def map(self, batches: Iterable[list[str]]) -> Iterator:
         if self.pool is None:
