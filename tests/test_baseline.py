@@ -123,3 +123,11 @@ def test_tfidf_features_do_not_depend_on_the_start_method():
     assert (ours != vectorizer.fit_transform(train)).nnz == 0
     assert (ours_test != vectorizer.transform(["good bad film", "plot twist"])).nnz == 0
     assert features == len(vectorizer.vocabulary_)
+
+def test_a_baseline_too_large_for_the_machine_says_so():
+    from pipeline.errors import PipelineError
+    from pipeline.stages.baseline import check_memory
+
+    check_memory(4, 500_000, BaselineParams())  # AG News-sized: fine
+    with pytest.raises(PipelineError, match="20,000 classes and 20,000 features needs about 80 GB.*baseline.enabled: false"):
+        check_memory(20_000, 20_000, BaselineParams())

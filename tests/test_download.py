@@ -634,3 +634,53 @@ def test_download_works_beside_the_output_not_in_the_system_temp_folder(tmp_path
     assert result.returncode == 0, result.stderr
     assert system_temp.stat().st_mtime_ns == 10**18
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["raw"]
+
+
+# --- strictness: what would otherwise pass silently ------------------------------------------
+def test_labels_of_mixed_json_types_are_named(tmp_path):
+    lines = ['{"text": "one", "label": 1}', '{"text": "two", "label": "1"}', '{"text": "three", "label": true}'] * 5
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fails(tmp_path, "train.jsonl: label column 'label' mixes text and number and boolean values", "all strings, or all numbers",
+          source=str(tmp_path / "train.jsonl"))
+
+
+def test_integral_numbers_are_one_label(tmp_path):
+    """2 and 2.0 in JSON Lines are one label, "2" (JSON has one number type)."""
+    lines = [f'{{"text": "text number {i}", "label": {[1, 2.0, 2, 1.0][i % 4]}}}' for i in range(40)]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report, _ = download(tmp_path, source=str(tmp_path / "train.jsonl"))
+    assert report["classes"] == ["1", "2"]
+
+
+def test_a_label_list_in_a_multiclass_run_is_named(tmp_path):
+    lines = [f'{{"text": "text number {i}", "label": ["a", "b"]}}' for i in range(10)]
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    fails(tmp_path, "holds list values", "first at row 1", source=str(tmp_path / "train.jsonl"))
+
+
+def test_lone_surrogates_are_replaced_and_counted(tmp_path, capsys):
+    """The one rule for text that is not valid Unicode: U+FFFD, counted (download, predict, serve alike)."""
+    lines = [json.dumps({"text": f"{text}", "label": label}) for text, label in labelled_rows(40)]
+    lines[3] = '{"text": "broken \\ud83d emoji", "label": "neg"}'
+    (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    report, frames = download(tmp_path, source=str(tmp_path / "train.jsonl"))
+    everything = pd.concat(frames.values())
+    assert "broken \ufffd emoji" in everything["text"].tolist()
+    assert sum(report[split]["invalid_unicode_replaced"] for split in ("train", "validation", "test")) == 1
+    assert "replaced 1 invalid characters" in capsys.readouterr().err
+
+
+def test_max_rows_too_few_for_the_classes_says_so(tmp_path):
+    rows_ = [(f"text number {i}", f"class{i % 6}") for i in range(120)]
+    write_csv(tmp_path / "train.csv", rows_)
+    fails(tmp_path, "download.max_rows keeps 3 rows per split, too few for", "raise it", source=str(tmp_path / "train.csv"), max_rows=3)
+
+
+def test_an_archive_over_the_unpacked_limit_is_refused(tmp_path):
+    import tarfile
+
+    write_csv(tmp_path / "src" / "reviews" / "train.csv", labelled_rows(400))
+    with tarfile.open(tmp_path / "reviews.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "reviews", arcname="reviews")
+    fails(tmp_path, "reviews.tar.gz: its members unpack to more than download.max_unpacked_bytes (1,000 bytes",
+          "raise download.max_unpacked_bytes", source=str(tmp_path / "reviews.tar.gz"), max_unpacked_bytes=1000)

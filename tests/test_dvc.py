@@ -186,6 +186,17 @@ def test_bad_params_in_exp_run_name_the_key(project):
     sh("git", "checkout", "params.yaml", cwd=project)  # a failed run leaves its params in the workspace
     assert "train.lr: Input should be a valid number (got 'fast')" in failing("-S", "train.lr=fast")
 
+    # the recovery the README gives: DVC deletes a stage's outputs before running it; a failed run
+    # leaves them deleted and its params in params.yaml, and `git restore` + `dvc checkout` undo both
+    sh("git", "restore", "params.yaml", cwd=project)
+    sh("dvc", "repro", "download", cwd=project)
+    assert "does not exist" in failing("-S", "download.source=no/such/file.csv", "download")
+    assert not (project / "data" / "raw").exists() and "no/such/file.csv" in (project / "params.yaml").read_text()
+    sh("git", "restore", "params.yaml", cwd=project)
+    sh("dvc", "checkout", "download", cwd=project)  # (the whole `dvc checkout` once every stage has run)
+    assert (project / "data" / "raw" / "train.parquet").is_file()
+    assert "changed" not in sh("dvc", "status", "download", cwd=project)
+
 
 def test_exp_run_trains_in_two_processes(project):
     """`dvc exp run -S train.devices=2`: the stage starts itself under torchrun (gloo on CPU)."""

@@ -101,3 +101,17 @@ def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
     assert export["onnx_fp32_accuracy"] == metrics["accuracy"]
     assert abs(export["onnx_int8_accuracy"] - export["onnx_fp32_accuracy"]) <= 0.005  # int8 stays close
     assert export["onnx_int8_bytes"] <= 0.3 * export["onnx_fp32_bytes"]
+
+
+def test_a_checkpoint_of_other_tokenized_data_is_refused(project, tmp_path):
+    """The same raw data tokenized with another vocabulary: evaluate and export refuse the checkpoint
+    (it would score other ids, a number that means nothing), naming both sizes."""
+    from pipeline.stages.tokenize import run_tokenize
+
+    params = parse_params({"tokenize": {"workers": 1, "min_freq": 3}})
+    run_tokenize(params.tokenize, project / "data" / "raw", tmp_path / "processed", tmp_path / "t.json", progress=False)
+    for command in ("evaluate", "export"):
+        result = invoke(command, "--data", str(tmp_path / "processed"), "--out" if command == "export" else "--metrics",
+                        str(tmp_path / f"{command}.out"), cwd=project)
+        assert_user_error(result, "best.pt was trained on another vocabulary than", "this data has", "rerun the train stage")
+        assert not (tmp_path / f"{command}.out").exists()

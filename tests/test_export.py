@@ -296,3 +296,21 @@ def test_the_bundle_records_its_tokenizer(project, bundle_copy, tmp_path):
     manifest["tokenizer"]["probe_ids"][5] += 1  # the installed spaCy would give other ids: refused
     (bundle_copy / MANIFEST).write_text(json.dumps(manifest))
     assert_user_error(predict("--bundle", str(bundle_copy), "great fun", cwd=tmp_path), "tokenizes text differently", "spacy==3.7.0")
+
+
+def test_two_folders_give_byte_identical_checkpoints_and_bundles(project, tmp_path):
+    """The same run in two places (other absolute paths): best.pt and every bundle file are the
+    same bytes, so DVC sees no change where there is none and no build path ships in a bundle."""
+    import shutil
+
+    digests = []
+    for root in (tmp_path / "a", tmp_path / "elsewhere" / "b"):
+        root.mkdir(parents=True)
+        shutil.copy(project / "params.yaml", root / "params.yaml")
+        shutil.copytree(project / "data", root / "data")
+        for command in ("train", "export"):
+            assert invoke(command, cwd=root).returncode == 0
+        files = [root / "models" / "train" / "best.pt", *sorted((root / "models" / "export").iterdir())]
+        digests.append({path.relative_to(root).as_posix(): sha256_of(path) for path in files})
+        assert all(str(tmp_path).encode() not in path.read_bytes() for path in files)
+    assert digests[0] == digests[1]

@@ -456,3 +456,13 @@ def test_tokenize_max_tokens_null_is_per_tokenizer():
 
     assert spacy_settings(Params().tokenize).max_tokens == 1000
     assert spacy_settings(parse_params({"tokenize": {"max_tokens": 300}}).tokenize).max_tokens == 300
+
+def test_an_empty_params_file_is_an_error(tmp_path):
+    (tmp_path / "params.yaml").write_text("# nothing yet\n")
+    assert_user_error(invoke("train", cwd=tmp_path), "params.yaml is empty", "download:, tokenize:")
+
+
+def test_a_pretrained_revision_may_be_null():
+    """revision pins a Hub download; for a local folder (or to take the latest) it may be null."""
+    params = parse_params({"model": {"arch": "pretrained", "pretrained": {"source": "models/minilm", "revision": None}}})
+    assert params.model.pretrained.revision is None

@@ -110,3 +110,16 @@ def test_the_bundle_is_named_not_guessed(project, tmp_path):
     assert_user_error(predict("--bundle", bundle, "--file", str(tmp_path / "nothing.txt"), cwd=tmp_path), "nothing.txt", "no such file")
     assert_user_error(predict("./reviews.txt", cwd=tmp_path), "reviews.txt is a file", "--file")
     assert_user_error(predict("--bundle", str(tmp_path), "fine", cwd=tmp_path), "manifest.json")
+
+
+def test_invalid_unicode_is_replaced_in_files_and_arguments(project, tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"text": "fine"}\n{"text": "broken \\ud83d emoji"}\n', encoding="utf-8")
+    result = predict("--file", str(tmp_path / "t.jsonl"), cwd=project)
+    assert [r["text"] for r in records(result)] == ["fine", "broken \ufffd emoji"]
+    assert "replaced 1 invalid characters (lone surrogates) with U+FFFD" in result.stderr
+    # bytes that are not UTF-8 on the command line reach Python as lone surrogates
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [sys.executable.encode(), b"-m", b"pipeline", b"predict", b"caf\xe9 au lait"]
+    raw = subprocess.run(argv, cwd=project, env=env, capture_output=True, timeout=300)
+    assert raw.returncode == 0, raw.stderr
+    assert json.loads(raw.stdout)["text"] == "caf\ufffd au lait"

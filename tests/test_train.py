@@ -246,3 +246,11 @@ def test_tensorboard_event_files_hold_the_same_curves(processed, tmp_path):
     assert [e.step for e in logged] == [int(row.split("\t")[0]) for row in rows]
     assert [e.value for e in logged] == pytest.approx([float(row.split("\t")[1]) for row in rows])
     assert {"train/loss", "validation/loss", "lr"} <= set(events.Tags()["scalars"])
+
+
+def test_a_batch_larger_than_the_train_split_is_capped(processed, tmp_path, capsys):  # noqa: F811
+    report = train_once(make_params(batch_size=100_000, max_epochs=2), processed, tmp_path)
+    assert report["steps"] == 2 and report["batch_size"] == report["train_documents"]  # one batch per epoch, as run
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warnings == [f"warning: train.batch_size 100,000 is more than the {report['train_documents']:,} train documents; "
+                        f"batches of {report['train_documents']:,}"]

@@ -13,6 +13,7 @@ The inverse regularization strength C is picked on the validation split from a s
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def run_baseline(
     train_y, validation_y, test_y = (np.array([index[name] for name in splits[split]["label"]]) for split in SPLITS)
     vectorize_seconds = time.perf_counter() - started
 
+    check_memory(len(labels), features, params)
     validation_accuracy, chosen_c, model, workers = fit_best(params, cores, (train_x, train_y, validation_x, validation_y))
     scores = classification_metrics(model.predict_log_proba(test_x), test_y, labels)
     report = {
@@ -102,6 +104,21 @@ def write_reports(report_path: Path, report: dict, runtime_path: Path | None, ru
         outputs.json(report_path, report)
         if runtime_path is not None:
             outputs.json(runtime_path, runtime)
+
+
+LBFGS_COPIES = 25  # coefficient-sized arrays L-BFGS keeps (weights, gradient, 10 pairs of history, work arrays)
+
+
+def check_memory(classes: int, features: int, params: BaselineParams) -> None:
+    """Logistic regression keeps classes x features coefficients many times over: past half the
+    machine's memory, say so instead of being killed (20,000 classes x 20,000 features: ~80 GB)."""
+    needed = classes * features * 8 * LBFGS_COPIES
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else None
+    if total and needed > total / 2:
+        raise PipelineError(
+            f"baseline: logistic regression over {classes:,} classes and {features:,} features needs about {needed / 1e9:,.0f} GB, "
+            f"more than half of this machine's {total / 1e9:,.0f} GB; set baseline.enabled: false, or raise baseline.min_df (now {params.min_df})"
+        )
 
 
 def fit_best(params: BaselineParams, cores: int, data: tuple) -> tuple[float, float, object, int]:
