@@ -2,7 +2,7 @@
 concurrent clients, on 127.0.0.1 only, bounded in time.
 
     python bench/serve_load.py --bundle models/export --texts data/raw/test.parquet
-                               [--clients 1 8 64] [--seconds 20] [--texts-per-request 1]
+                               [--clients 1 8 64] [--seconds 20] [--texts-per-request 1] [--poison-every 30]
 
 Starts the server as a subprocess (`serve --port 0`), then for each concurrency level runs
 that many clients for --seconds (after 2 s of warm-up), each sending one request after
@@ -10,7 +10,10 @@ another on its own keep-alive connection: POST /predict with IMDB test reviews, 
 ({"text": ...}) or --texts-per-request texts ({"texts": [...]}) each. The clients are raw
 asyncio HTTP/1.1 in one process (a full HTTP client library would need a core of its own
 at these rates on a 2-core machine); every response must be 200 with one prediction per
-text, else it counts as an error. Prints JSON: texts/s, requests/s, p50/p99 latency (ms).
+text, else it counts as an error. With --poison-every N, every N-th request carries a poison
+text (a lone surrogate, "\\ud800", as a broken JSON escape sends it): its answers are counted
+by status apart, and an error of any other request counts against the server. Prints JSON:
+texts/s, requests/s, p50/p99 latency (ms), errors of the good requests, poison answers.
 """
 
 from __future__ import annotations
@@ -41,30 +44,38 @@ async def request(reader, writer, body: bytes) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def client(port: int, bodies: list[tuple[bytes, int]], offset: int, until: float, warm_until: float, out: dict) -> None:
+POISON = b'{"text": "a poisoned request \\ud800 with a lone surrogate"}'
+
+
+async def client(port: int, bodies: list[tuple[bytes, int]], offset: int, until: float, warm_until: float, out: dict, poison_every: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     i = offset
     try:
         while (now := time.perf_counter()) < until:
-            body, count = bodies[i % len(bodies)]
+            poisoned = poison_every > 0 and i % poison_every == 0
+            body, count = (POISON, 1) if poisoned else bodies[i % len(bodies)]
             i += 1
             status, data = await request(reader, writer, body)
             latency = time.perf_counter() - now
             ok = status == 200 and (count == 1 and b'"label"' in data or data.count(b'"label"') == count)
-            if now >= warm_until:
-                out["latencies"].append(latency)
-                out["texts"] += count if ok else 0
-                out["errors"] += 0 if ok else 1
+            if now < warm_until:
+                continue
+            if poisoned:
+                out["poison"][status] = out["poison"].get(status, 0) + 1
+                continue
+            out["latencies"].append(latency)
+            out["texts"] += count if ok else 0
+            out["errors"] += 0 if ok else 1
     finally:
         writer.close()
 
 
-async def level(port: int, bodies: list[tuple[bytes, int]], clients: int, seconds: float) -> dict:
-    out = {"latencies": [], "texts": 0, "errors": 0}
+async def level(port: int, bodies: list[tuple[bytes, int]], clients: int, seconds: float, poison_every: int = 0) -> dict:
+    out = {"latencies": [], "texts": 0, "errors": 0, "poison": {}}
     start = time.perf_counter()
     warm_until, until = start + 2, start + 2 + seconds
     step = max(1, len(bodies) // clients)
-    await asyncio.gather(*(client(port, bodies, k * step, until, warm_until, out) for k in range(clients)))
+    await asyncio.gather(*(client(port, bodies, k * step + k, until, warm_until, out, poison_every) for k in range(clients)))
     latencies = np.array(out["latencies"]) * 1e3
     return {
         "clients": clients,
@@ -74,6 +85,7 @@ async def level(port: int, bodies: list[tuple[bytes, int]], clients: int, second
         "requests_per_second": round(len(latencies) / seconds, 1),
         "latency_ms_p50": round(float(np.percentile(latencies, 50)), 2),
         "latency_ms_p99": round(float(np.percentile(latencies, 99)), 2),
+        **({"poison_answers_by_status": {str(k): v for k, v in sorted(out["poison"].items())}} if poison_every else {}),
     }
 
 
@@ -85,6 +97,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--serve-args", default="", help="extra `serve` options, e.g. '--max-wait-ms 5'")
+    parser.add_argument("--poison-every", type=int, default=0, help="every N-th request is a poisoned one (0: none)")
     args = parser.parse_args()
 
     import pandas as pd
@@ -106,7 +119,7 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.1)
-        results = [asyncio.run(level(port, bodies, clients, args.seconds)) for clients in args.clients]
+        results = [asyncio.run(level(port, bodies, clients, args.seconds, args.poison_every)) for clients in args.clients]
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -114,6 +127,7 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "texts_per_request": n,
+        "poison_every": args.poison_every,
         "mean_text_chars": round(float(np.mean([len(t) for t in texts])), 1),
         "seconds_per_level": args.seconds,
         "levels": results,
