@@ -114,7 +114,7 @@ def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 
     run = folder / "run"
     shutil.rmtree(run, ignore_errors=True)
     trained = run_train(params, folder / "processed", run / "model", run / "train.json", run / "live", run / "resume", progress=False)
-    scores = run_evaluate(params, run / "model" / "best.pt", folder / "processed", folder / "raw" / "test.parquet",
+    scores = run_evaluate(params, run / "model" / "best.pt", folder / "processed", folder / "raw",
                           run / "metrics.json", run / "confusion.csv", run / "errors.csv")
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "best_epoch": trained["best_epoch"],
             "epochs": trained["epochs"], "steps": trained["steps"], "train_seconds": trained["wall_seconds"]}

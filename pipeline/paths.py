@@ -10,6 +10,7 @@ TOKENIZE_REPORT = Path("reports/tokenize.json")
 RUNTIME_DIR = Path("reports/runtime")  # timings, device, threads per stage: not metrics
 TOKENIZE_RUNTIME = RUNTIME_DIR / "tokenize.json"
 TRAIN_RUNTIME = RUNTIME_DIR / "train.json"
+TRAIN_TIMINGS = RUNTIME_DIR / "train"  # samples/s per validation: a timing curve, out of the curves that compare
 EXPORT_RUNTIME = RUNTIME_DIR / "export.json"
 BASELINE_REPORT = Path("reports/baseline.json")  # baseline -> TF-IDF + logistic regression on the same splits
 BASELINE_RUNTIME = RUNTIME_DIR / "baseline.json"

@@ -43,7 +43,7 @@ def make_params(arch: str = "bag", **train) -> Params:
 def train_once(params: Params, processed: Path, out: Path, **kwargs) -> dict:
     return run_train(
         params, processed, out / "models", out / "train.json", out / "live", out / "resume",
-        runtime_path=out / "runtime.json", progress=False, **kwargs,
+        runtime_path=out / "runtime.json", progress=False, timing_dir=out / "runtime", **kwargs,
     )
 
 

@@ -48,11 +48,13 @@ def run_train(
     runtime_path: Path | None = None,
     progress: bool | None = None,
     stop_after_steps: int | None = None,
+    timing_dir: Path | None = None,
 ) -> dict[str, Any]:
     """Train `params.model` on data/processed; returns the report (metrics and runtime together).
     In a process that torchrun started, joins the process group and trains its share (every
     rank returns the same report; rank 0 alone writes). `stop_after_steps` raises SimulatedKill
-    after that many steps, on every rank, leaving the resume state as a kill would (tests use it)."""
+    after that many steps, on every rank, leaving the resume state as a kill would (tests use it).
+    `timing_dir` gets the samples/s curve (a timing, not a result: kept out of `live_dir`)."""
     params = resolved(params)  # train's nulls: the architecture's defaults
     world, device = join(params.train.device)
     with contextlib.closing(world):  # leaves the process group however training ends
@@ -61,8 +63,6 @@ def run_train(
         console = Console(progress if world.main else False)
         if world.main:
             console.line(f"train: {params.model.arch}, " + ", ".join(f"{key} {getattr(params.train, key):g}" for key in RESOLVED_KEYS))
-        # the samples/s curve beside runtime.json (reports/runtime/train/): a timing, not a result
-        timing_dir = runtime_path.with_suffix("") if runtime_path is not None else None
         trainer = Trainer(setup, build_model(params.model, setup.vocab_size, len(setup.labels)).to(device), console, live_dir, timing_dir)
         trainer.restore()
         for batch in trainer.batches():
@@ -149,7 +149,7 @@ def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Pa
 
 def run_train_processes(
     params: Params, params_path: Path, processed: Path, out_dir: Path, report_path: Path, live_dir: Path,
-    resume_dir: Path, runtime_path: Path, stop_after_steps: int | None = None,
+    resume_dir: Path, runtime_path: Path, timing_dir: Path, stop_after_steps: int | None = None,
 ) -> None:
     """Run the train command in `train.devices` processes under torchrun and wait for them. What
     would fail in every process fails here first, once; a process's own error is reported in one
@@ -159,7 +159,7 @@ def run_train_processes(
     if not any(name in os.environ for name in MULTI_NODE_ENV):  # this machine runs every process
         resolve_device(params.train.device, local_rank=devices - 1)
     argv = ["train", "--params", str(params_path), "--data", str(processed), "--out", str(out_dir), "--report", str(report_path)]
-    argv += ["--live", str(live_dir), "--resume-dir", str(resume_dir), "--runtime", str(runtime_path)]
+    argv += ["--live", str(live_dir), "--resume-dir", str(resume_dir), "--runtime", str(runtime_path), "--timings", str(timing_dir)]
     if stop_after_steps is not None:
         argv += ["--stop-after-steps", str(stop_after_steps)]
     launched = launch(devices, argv)
