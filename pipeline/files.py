@@ -217,24 +217,6 @@ def read_json(path: Path, fix: str) -> Any:
         raise PipelineError(f"{path}: not readable JSON ({exc}); {fix}") from None
 
 
-def link_or_copy(source: Path, target: Path) -> None:
-    """Put `source`'s content at `target` atomically: a hard link where the file system allows
-    (no bytes copied; a later atomic rewrite of `source` leaves `target` as it was), else a copy."""
-    with faults_named(target):
-        _prepare(target)
-        tmp = target.with_name(f"{_temp_prefix(target.name)}link.tmp")
-        tmp.unlink(missing_ok=True)
-        try:
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copy2(source, tmp)
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-
-
 class Outputs:
     """A stage's outputs, each staged beside its target; `stage_outputs` puts them all in place
     when its block succeeds, or removes them all and leaves the targets as they were."""
@@ -293,13 +275,6 @@ def stage_outputs() -> Iterator[Outputs]:
         if fault is not None:
             raise fault from None
         raise
-
-
-@contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty temporary folder beside `target` that replaces `target` on success."""
-    with stage_outputs() as outputs:
-        yield outputs.folder(target)
 
 
 @contextmanager

@@ -600,8 +600,8 @@ def test_download_sweeps_temporary_folders_of_killed_runs_only(tmp_path):
         live.wait()
 
 
-def test_staged_dir_and_atomic_file_sweep_their_own_stale_siblings(tmp_path):
-    from pipeline.files import atomic_file, staged_dir
+def test_staged_outputs_and_atomic_file_sweep_their_own_stale_siblings(tmp_path):
+    from pipeline.files import atomic_file, stage_outputs
 
     dead = dead_pid()
     (tmp_path / f".model.{dead}.q8w7e6r5.tmp").mkdir()
@@ -609,8 +609,8 @@ def test_staged_dir_and_atomic_file_sweep_their_own_stale_siblings(tmp_path):
     (tmp_path / f".model.{os.getpid()}.q8w7e6r5.tmp").mkdir()  # this very process: alive
     (tmp_path / f".other.{dead}.q8w7e6r5.tmp").mkdir()  # another output's: not ours to judge
     (tmp_path / f".report.json.{dead}.abc123.tmp").write_text("{")
-    with staged_dir(tmp_path / "model") as staging:
-        (staging / "weights.bin").write_bytes(b"1")
+    with stage_outputs() as outputs:
+        (outputs.folder(tmp_path / "model") / "weights.bin").write_bytes(b"1")
     with atomic_file(tmp_path / "report.json") as handle:
         handle.write("{}")
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(

@@ -173,7 +173,7 @@ def spacy_tokens(params: TokenizeParams, settings: TextSettings, raw_dir: Path, 
         lengths = token_files(staging, lambda split: _hashed(pool, raw_dir, split, params.batch_size, vocabulary), bar, np.uint64)
     seconds = time.perf_counter() - started
     vocab = build_vocab(vocabulary, params.min_freq, params.max_vocab)
-    if not vocab["tokens"]:  # raised inside staged_dir: nothing is written
+    if not vocab["tokens"]:  # raised inside stage_outputs: nothing is written
         raise PipelineError(empty_vocab_message(vocabulary, params.min_freq))
     lookup = HashLookup(np.array([0, 0, *vocab["hashes"]], dtype=np.uint64))
     kept, unknown = ids_from_token_files(staging, lengths, settings.max_tokens, lookup.ids, UNK_ID, np.uint64)
