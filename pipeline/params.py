@@ -191,6 +191,7 @@ class BagParams(Section):
     binary: bool = True  # each distinct token or n-gram of a document counts once (repeats add no evidence)
     pooling: Literal["mean", "mean_max"] = "mean_max"  # mean_max: the max over features beside the mean
     min_count: int = Field(default=2, ge=1)  # hashed n-grams in fewer train documents are not used (the baseline's min_df); 1: all
+    feature_dropout: float = Field(default=0.0, ge=0, lt=1)  # training only: each token and n-gram of a document is left out with this probability (word dropout)
 
 
 class CnnParams(Section):
@@ -252,14 +253,17 @@ class TrainParams(Section):
     device: Device = "auto"  # auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...
     devices: int = Field(default=1, ge=1)  # processes on this machine; >1: DDP through torchrun (a GPU each, or CPU with gloo)
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
-    # null for batch_size, max_epochs, lr, weight_decay and warmup: the architecture's value (pipeline/training/recipe.py)
+    # null for batch_size, max_epochs, lr, weight_decay, warmup and schedule: the architecture's value (pipeline/training/recipe.py)
     batch_size: int | None = Field(default=None, ge=1)  # documents per optimizer step (before accumulation), over all processes
     accumulate: int = Field(default=1, ge=1)  # batches per optimizer step
     max_epochs: int | None = Field(default=None, ge=1)  # a cap, not a budget: early stopping ends runs (5 left small data undertrained)
     lr: float | None = Field(default=None, gt=0)  # peak learning rate
     weight_decay: float | None = Field(default=None, ge=0)  # AdamW, on dense weight matrices only
-    warmup: float | None = Field(default=None, ge=0, lt=1)  # share of all steps spent warming up linearly
-    schedule: Literal["cosine", "linear", "constant"] = "linear"  # decay after warmup
+    warmup: float | None = Field(default=None, ge=0)  # epochs of linear warmup (0.5: half an epoch), whatever max_epochs is
+    # after warmup: plateau (lr x plateau_factor after each validation that does not improve: the run's progress, not
+    # the cap, decides), linear or cosine (to 0 at max_epochs: the cap is a budget), constant
+    schedule: Literal["plateau", "cosine", "linear", "constant"] | None = None
+    plateau_factor: float = Field(default=0.5, gt=0, le=1)  # schedule plateau: the lr's factor per validation without improvement
     clip_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; null: off
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     eval_every: int | None = Field(default=None, ge=1)  # validate every N optimizer steps; null: every epoch

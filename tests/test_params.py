@@ -116,6 +116,7 @@ TYPE = [
     ("model.bag.sparse", "true", "valid boolean"),
     ("model.bag.binary", 1, "valid boolean"),
     ("model.bag.min_count", 2.5, "valid integer"),
+    ("model.bag.feature_dropout", "some", "valid number"),
     ("model.bag.pooling", ["mean"], "Input should be 'mean' or 'mean_max'"),
     ("model.cnn.filters", "100", "valid integer"),
     ("model.cnn.widths", 3, "valid list"),
@@ -137,7 +138,8 @@ TYPE = [
     ("train.lr", "1e-3", "valid number"),
     ("train.weight_decay", "0", "valid number"),
     ("train.warmup", "5%", "valid number"),
-    ("train.schedule", None, "Input should be 'cosine', 'linear' or 'constant'"),
+    ("train.schedule", 3, "Input should be 'plateau', 'cosine', 'linear' or 'constant'"),
+    ("train.plateau_factor", "half", "valid number"),
     ("train.clip_norm", "off", "valid number"),
     ("train.label_smoothing", "0.1", "valid number"),
     ("train.eval_every", "epoch", "valid integer"),
@@ -220,6 +222,7 @@ VALUE = [
     ("model.bag.buckets", 2**31, "less than or equal to 2147483647"),
     ("model.bag.pooling", "max", "Input should be 'mean' or 'mean_max'"),
     ("model.bag.min_count", 0, "greater than or equal to 1"),
+    ("model.bag.feature_dropout", 1.0, "less than 1"),
     ("model.cnn.filters", 0, "greater than or equal to 1"),
     ("model.cnn.widths", [], "at least 1 item"),
     ("model.cnn.widths", [3, 4, 3], "width 3 more than once"),
@@ -244,9 +247,10 @@ VALUE = [
     ("train.lr", float("inf"), "finite number"),
     ("train.weight_decay", -0.01, "greater than or equal to 0"),
     ("train.weight_decay", float("nan"), "finite number"),
-    ("train.warmup", 1.0, "less than 1"),
     ("train.warmup", -0.1, "greater than or equal to 0"),
-    ("train.schedule", "step", "Input should be 'cosine'"),
+    ("train.schedule", "step", "Input should be 'plateau'"),
+    ("train.plateau_factor", 0, "greater than 0"),
+    ("train.plateau_factor", 1.5, "less than or equal to 1"),
     ("train.clip_norm", 0.0, "greater than 0"),
     ("train.label_smoothing", 1.0, "less than 1"),
     ("train.eval_every", 0, "greater than or equal to 1"),
@@ -439,16 +443,16 @@ def test_null_train_params_take_the_architecture_defaults():
 
     def picked(params: Params) -> tuple:
         train = resolved(params).train
-        return train.lr, train.batch_size, train.max_epochs, train.warmup, train.weight_decay
+        return train.lr, train.batch_size, train.max_epochs, train.warmup, train.weight_decay, train.schedule
 
     assert set(ARCH_TRAIN_DEFAULTS) == set(get_args(ModelParams.model_fields["arch"].annotation))  # every arch has its row
-    assert picked(parse_params({"model": {"arch": "bag"}})) == (0.005, 64, 30, 0.05, 0.01)  # BENCHMARKS.md "Defaults"
+    assert picked(parse_params({"model": {"arch": "bag"}})) == (0.005, 64, 30, 1.5, 0.01, "linear")  # BENCHMARKS.md "Defaults"
     for arch in ("cnn", "lstm", "transformer"):  # trained from scratch
-        assert picked(parse_params({"model": {"arch": arch}})) == (0.01, 64, 30, 0.05, 0.01), arch
-    assert picked(parse_params({"model": {"arch": "pretrained"}})) == (5e-5, 32, 3, 0.1, 0.01)  # fine-tuning
-    explicit = parse_params({"model": {"arch": "pretrained"}, "train": {"lr": 1e-4, "max_epochs": 5, "warmup": 0.0}})
-    assert picked(explicit) == (1e-4, 32, 5, 0.0, 0.01)  # a value the user set always wins, 0 included
-    assert Params().train.lr is None and resolved(Params()).train.schedule == "linear"  # only the nulls change
+        assert picked(parse_params({"model": {"arch": arch}})) == (0.01, 64, 30, 1.5, 0.01, "linear"), arch
+    assert picked(parse_params({"model": {"arch": "pretrained"}})) == (5e-5, 32, 3, 0.3, 0.01, "linear")  # fine-tuning
+    explicit = parse_params({"model": {"arch": "pretrained"}, "train": {"lr": 1e-4, "max_epochs": 5, "warmup": 0.0, "schedule": "cosine"}})
+    assert picked(explicit) == (1e-4, 32, 5, 0.0, 0.01, "cosine")  # a value the user set always wins, 0 included
+    assert Params().train.lr is None and resolved(Params()).train.clip_norm == 1.0  # only the nulls change
 
 
 def test_tokenize_max_tokens_null_is_per_tokenizer():

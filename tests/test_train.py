@@ -180,14 +180,29 @@ def test_gradient_accumulation_and_eval_every(processed, tmp_path):
 
 
 def test_learning_rate_schedule():
-    config = TrainParams(lr=1.0, warmup=0.1, schedule="cosine")
-    assert learning_rate(config, 0, 100) == pytest.approx(0.1)
-    assert learning_rate(config, 9, 100) == pytest.approx(1.0)
-    assert learning_rate(config, 55, 100) == pytest.approx(0.5)
-    assert learning_rate(config, 100, 100) == pytest.approx(0.0)
-    linear = TrainParams(lr=1.0, warmup=0.0, schedule="linear")
-    assert learning_rate(linear, 50, 100) == pytest.approx(0.5)
-    assert learning_rate(TrainParams(lr=0.3, warmup=0.0, schedule="constant"), 99, 100) == 0.3
+    # 10 steps per epoch, warmup 1 epoch, the cap 10 epochs (100 steps)
+    config = TrainParams(lr=1.0, warmup=1.0, schedule="cosine", max_epochs=10)
+    assert learning_rate(config, 0, 10) == pytest.approx(0.1)
+    assert learning_rate(config, 9, 10) == pytest.approx(1.0)
+    assert learning_rate(config, 55, 10) == pytest.approx(0.5)
+    assert learning_rate(config, 100, 10) == pytest.approx(0.0)
+    linear = TrainParams(lr=1.0, warmup=0.0, schedule="linear", max_epochs=10)
+    assert learning_rate(linear, 50, 10) == pytest.approx(0.5)
+    assert learning_rate(TrainParams(lr=0.3, warmup=0.0, schedule="constant", max_epochs=10), 99, 10) == 0.3
+    # plateau: the run's own validations decide; the cap does not enter
+    plateau = TrainParams(lr=0.2, warmup=0.5, schedule="plateau", max_epochs=10)
+    assert learning_rate(plateau, 2, 10) == pytest.approx(0.2 * 3 / 5)  # warming up over half an epoch
+    assert learning_rate(plateau, 77, 10, plateau_scale=0.25) == pytest.approx(0.05)
+    assert learning_rate(plateau, 77, 10) == learning_rate(plateau.model_copy(update={"max_epochs": 60}), 77, 10)
+
+
+def test_every_batch_weighs_the_same_in_an_accumulated_step():
+    from pipeline.training.trainer import batches_in_step
+
+    # 7 batches, 3 per step: steps of 3, 3 and 1 batch; the last one is not a third as heavy
+    assert [batches_in_step(b, 3, 7) for b in range(1, 8)] == [3, 3, 3, 3, 3, 3, 1]
+    assert [batches_in_step(b, 2, 4) for b in range(1, 5)] == [2, 2, 2, 2]
+    assert [batches_in_step(b, 1, 3) for b in range(1, 4)] == [1, 1, 1]
 
 
 def test_tracker_min_delta():

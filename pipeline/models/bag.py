@@ -42,6 +42,7 @@ class Bag(nn.Module):
         super().__init__()
         self.vocab_size, self.ngram, self.buckets = vocab_size, config.bag.ngram, config.bag.buckets
         self.binary, self.pooling, self.min_count = config.bag.binary, config.bag.pooling, config.bag.min_count
+        self.feature_dropout = config.bag.feature_dropout
         rows = vocab_size + (self.buckets if self.ngram > 1 else 0)
         # sparse gradients: an optimizer step touches only the rows a batch used
         self.embedding = nn.Embedding(rows, config.embed_dim, padding_idx=0, sparse=config.bag.sparse)
@@ -92,6 +93,8 @@ class Bag(nn.Module):
             mask = mask & self.usable[features]
         if self.binary:
             features, mask = distinct_per_row(features, mask)
+        if self.training and self.feature_dropout > 0:  # word dropout (Iyyer et al. 2015): no document is learnt by one feature
+            mask = mask & (torch.rand(mask.shape, device=mask.device) >= self.feature_dropout)
         # masked features (padding, repeats, rare n-grams) read the <pad> row (padding_idx: no gradient), so
         # the sparse gradient has no entry for them: half the time per step on IMDB (fewer entries to coalesce)
         vectors = self.embedding(features.masked_fill(~mask, 0))

@@ -62,7 +62,7 @@ def run_train(
         setup = prepare(params, processed, world, device, resume_dir)
         console = Console(progress if world.main else False)
         if world.main:
-            console.line(f"train: {params.model.arch}, " + ", ".join(f"{key} {getattr(params.train, key):g}" for key in RESOLVED_KEYS))
+            console.line(f"train: {params.model.arch}, " + ", ".join(f"{key} {_shown(getattr(params.train, key))}" for key in RESOLVED_KEYS))
         trainer = Trainer(setup, build_model(params.model, setup.vocab_size, len(setup.labels)).to(device), console, live_dir, timing_dir)
         trainer.restore()
         for batch in trainer.batches():
@@ -75,6 +75,10 @@ def run_train(
         if not trainer.validated_last_step:  # eval_every left a tail unvalidated
             trainer.save(trainer.validate())
         return finish(trainer, time.perf_counter() - started, out_dir, report_path, runtime_path)
+
+
+def _shown(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def prepare(params: Params, processed: Path, world: World, device: torch.device, resume_dir: Path) -> Setup:

@@ -82,14 +82,17 @@ class Console:
     def __init__(self, enabled: bool | None):
         self.interactive = sys.stderr.isatty() if enabled is None else enabled
         self.bar = None
+        self.shown = 0  # batches of this epoch the bar shows
 
     def start_epoch(self, epoch: int, epochs: int, total: int, done: int) -> None:
+        self.shown = done
         if self.interactive:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
 
     def advance(self, batches: int, loss: float, samples_per_second: float) -> None:
+        self.shown += batches
         if self.bar is not None:
             self.bar.update(batches)
             self.bar.set_postfix(loss=f"{loss:.4f}", samples_s=f"{samples_per_second:,.0f}", refresh=False)

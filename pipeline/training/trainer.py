@@ -60,6 +60,14 @@ def remove_resume_dir(folder: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def batches_in_step(batch: int, accumulate: int, epoch_batches: int) -> int:
+    """How many batches the optimizer step of the epoch's `batch`-th batch (1-based) sums:
+    `accumulate`, or what is left of the epoch for its last step. Each batch's loss is divided
+    by it, so that every batch weighs the same, the epoch's last ones included."""
+    first = (batch - 1) // accumulate * accumulate
+    return min(accumulate, epoch_batches - first)
+
+
 class SimulatedKill(RuntimeError):
     """Raised by `stop_after_steps` so tests can interrupt a run at a known step."""
 
@@ -73,6 +81,7 @@ class Progress:
     batch: int = 0  # batches of the current epoch already consumed
     samples: int = 0  # training documents seen
     train_seconds: float = 0.0  # time in training steps (validation excluded)
+    plateau_scale: float = 1.0  # schedule plateau: the lr's factor, shrunk after each validation that did not improve
     history: list[dict[str, float]] = field(default_factory=list)  # one entry per validation
 
     @property
@@ -107,9 +116,13 @@ class Setup:
         return math.ceil(len(self.train) / self.params.train.batch_size)
 
     @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.batches_per_epoch / self.params.train.accumulate)
+
+    @property
     def total_steps(self) -> int:
-        config = self.params.train
-        return math.ceil(self.batches_per_epoch / config.accumulate) * config.max_epochs
+        """Optimizer steps up to the epoch cap."""
+        return self.steps_per_epoch * self.params.train.max_epochs
 
 
 class Batch(NamedTuple):
@@ -213,6 +226,7 @@ class Trainer:
         progress.batch += 1
         self.epoch_ended = progress.batch == self.epoch_batches
         last_micro_step = progress.batch % config.accumulate == 0 or self.epoch_ended
+        step_batches = batches_in_step(progress.batch, config.accumulate, self.epoch_batches)
         # inner accumulation steps keep their gradients local; the last one all-reduces them all
         sync = contextlib.nullcontext() if last_micro_step or not world.distributed else self.train_model.no_sync()
         with sync:
@@ -222,18 +236,19 @@ class Trainer:
             # this rank's part of the global batch's mean loss, times the world size, which DDP's
             # gradient average divides out: the same gradient as one process taking the whole batch
             loss = losses.sum() * (world.size / batch.size if batch.counted else 0.0)
-            (loss / config.accumulate).backward()
+            (loss / step_batches).backward()
         progress.samples += batch.size
         self.loss_sum += loss.detach() / world.size
         self.loss_count += 1
         if not last_micro_step:
             return False
-        optimizer_step(self.model, self.optimizers, config.clip_norm, learning_rate(config, progress.step, self.setup.total_steps))
+        lr = learning_rate(config, progress.step, self.setup.steps_per_epoch, progress.plateau_scale)
+        optimizer_step(self.model, self.optimizers, config.clip_norm, lr)
         progress.step += 1
         now = time.perf_counter()
         progress.train_seconds, self.tick = progress.train_seconds + now - self.tick, now
-        if self.console.interactive and progress.step % 20 == 0:
-            self.console.advance(20, self.loss_sum.item() / self.loss_count, progress.samples_per_second)
+        if self.console.interactive and progress.step % 20 == 0:  # the bar counts batches
+            self.console.advance(progress.batch - self.console.shown, self.loss_sum.item() / self.loss_count, progress.samples_per_second)
         if self.epoch_ended:
             progress.epoch, progress.batch = progress.epoch + 1, 0
             self.console.end_epoch()
@@ -268,12 +283,14 @@ class Trainer:
             "validation/loss": scores["loss"],
             "validation/accuracy": scores["accuracy"],
             "validation/macro_f1": scores["macro_f1"],
-            "lr": learning_rate(config, max(progress.step - 1, 0), setup.total_steps),
+            "lr": learning_rate(config, max(progress.step - 1, 0), setup.steps_per_epoch, progress.plateau_scale),
             "samples_per_second": progress.samples_per_second,
         }
         record = world.broadcast(record)  # rank 0's clock: the same samples/s in every rank's history
         progress.history.append(record)
         improved = self.tracker.update(record[f"validation/{config.monitor}"], progress.step, record["epoch"])
+        if not improved and config.schedule == "plateau":
+            progress.plateau_scale *= config.plateau_factor
         if self.curves is not None:
             self.curves.log(record)
         self.say(
