@@ -1,7 +1,12 @@
-"""Training defaults vs. the linear baseline on several datasets (issue 11).
+"""Training defaults vs. the linear baseline on several datasets (issues 11 and 22).
 
-    PYTHONPATH=. python bench/defaults_sweep.py [--datasets imdb-2k ag ag-2k imdb]
+    PYTHONPATH=. python bench/defaults_sweep.py [--datasets imdb-2k ag ag-2k imdb ...]
         [--configs old new ...] [--seeds 0 1] [--work /tmp/sweep] [--results bench/defaults_sweep.jsonl]
+
+Length shift (issue 22): test texts that differ from training texts. `imdb-5k-short-train`
+trains (and validates) on 5,000 IMDB reviews cut to their first 15-25 words and tests on whole
+reviews; `imdb-5k-short-test` the reverse. `ag-titles-train` trains on AG News titles only and
+tests on title + description; `ag-titles-test` the reverse. The baseline sees the same texts.
 
 For each dataset the real stages run once and are cached under --work/<dataset>/ (download,
 tokenize, baseline); then for each config and seed the real train and evaluate stages run.
@@ -42,7 +47,12 @@ DATASETS = {  # download params only: what the data format needs, nothing tuned
     "imdb-2k": {**IMDB, "max_rows": 2000},
     "ag": AG_NEWS,
     "ag-2k": {**AG_NEWS, "max_rows": 2000},
+    "imdb-5k-short-train": {**IMDB, "max_rows": 5000},
+    "imdb-5k-short-test": {**IMDB, "max_rows": 5000},
+    "ag-titles-train": {"source": "{work}/ag-titles-train-source"},
+    "ag-titles-test": {"source": "{work}/ag-titles-test-source"},
 }
+SHORT_WORDS = (15, 25)  # a cut review keeps this many of its first words (uniform, seeded)
 
 CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the defaults of the checkout
     "shipped": {},
@@ -51,10 +61,25 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     "pat4": {"train.patience": 4},
     # the defaults before issue 11, spelled out so that they stay comparable after the change
     "old": {"train.max_epochs": 5, "train.patience": 2, "train.monitor": "loss", "train.lr": 0.01,
-            "train.schedule": "linear", "train.warmup": 0.05, "model.embed_dim": 32, "model.dropout": 0.2,
+            "train.schedule": "linear", "train.warmup": 0.25, "model.embed_dim": 32, "model.dropout": 0.2,
             "train.weight_decay": 0.01, "train.min_delta": 0.0, "model.bag.binary": False, "model.bag.pooling": "mean"},
     # the first issue-11 defaults: counted features, mean pooling, lr 0.01
     "prev": {"model.bag.binary": False, "model.bag.pooling": "mean", "train.lr": 0.01},
+    # the issue-11 defaults (shipped until issue 22), spelled out: linear decay to 0 at the 30-epoch cap
+    "issue11": {"train.lr": 0.005, "train.warmup": 1.5, "train.schedule": "linear", "train.max_epochs": 30,
+                "train.monitor": "accuracy", "model.bag.feature_dropout": 0.0, "train.label_smoothing": 0.0},
+    # issue 22: a schedule that does not depend on the cap, and regularizers against memorizing
+    "plateau": {"train.schedule": "plateau"},
+    "plateau-w1": {"train.schedule": "plateau", "train.warmup": 1.0},
+    "plateau-fd1": {"train.schedule": "plateau", "model.bag.feature_dropout": 0.1},
+    "plateau-fd2": {"train.schedule": "plateau", "model.bag.feature_dropout": 0.2},
+    "plateau-fd3": {"train.schedule": "plateau", "model.bag.feature_dropout": 0.3},
+    "plateau-ls1": {"train.schedule": "plateau", "train.label_smoothing": 0.1},
+    "plateau-loss": {"train.schedule": "plateau", "train.monitor": "loss"},
+    "plateau-mean": {"train.schedule": "plateau", "model.bag.pooling": "mean"},
+    "plateau-drop5": {"train.schedule": "plateau", "model.dropout": 0.5},
+    "plateau-fd2-ls1": {"train.schedule": "plateau", "model.bag.feature_dropout": 0.2, "train.label_smoothing": 0.1},
+    "constant": {"train.schedule": "constant", "train.warmup": 1.0},
     # a longer budget with early stopping doing the stopping
     "ep30": {"train.max_epochs": 30, "train.patience": 3},
     "ep30-acc": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy"},
@@ -96,14 +121,54 @@ def prepare(name: str, work: Path) -> tuple[Path, dict]:
     done = folder / "prepared.json"
     if done.is_file():
         return folder, json.loads(done.read_text())
-    params = override(Params(), {**{f"download.{k}": v for k, v in DATASETS[name].items()}, "tokenize.workers": 2})
+    if name.startswith("ag-titles"):
+        ag_titles_source(work / f"{name}-source", titles_in="train" if name.endswith("-train") else "test")
+    download = {k: v.format(work=work) if isinstance(v, str) else v for k, v in DATASETS[name].items()}
+    params = override(Params(), {**{f"download.{k}": v for k, v in download.items()}, "tokenize.workers": 2})
     data = run_download(params.download, folder / "raw", folder / "data.json")
+    if name.startswith("imdb-5k-short"):
+        cut_to_short(folder / "raw", ("train", "validation") if name.endswith("-train") else ("test",))
     tokens = run_tokenize(params.tokenize, folder / "raw", folder / "processed", folder / "tokenize.json", progress=False)
     baseline = run_baseline(params.baseline, params.tokenize.language, folder / "raw", folder / "baseline.json")
     info = {"rows": {split: data[split]["rows"] for split in ("train", "validation", "test")},
             "vocab": tokens["vocab_size"], "baseline": baseline}
     done.write_text(json.dumps(info))
     return folder, info
+
+
+def ag_titles_source(folder: Path, titles_in: str) -> None:
+    """AG News as train.csv and test.csv (a stratified, seeded 80/20 split of its 7,600 rows),
+    with only the title as the text of `titles_in` and title + description in the other."""
+    import numpy as np
+    import pandas as pd
+
+    frame = pd.read_csv(AG_NEWS["source"], header=None, names=AG_NEWS["column_names"], dtype=str, keep_default_na=False)
+    rng = np.random.default_rng(0)
+    test = np.zeros(len(frame), dtype=bool)
+    for _, rows in frame.groupby("label").indices.items():
+        test[rng.choice(rows, round(len(rows) * 0.2), replace=False)] = True
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, rows in (("train", ~test), ("test", test)):
+        part = frame[rows]
+        text = part["title"] if split == titles_in else part["title"] + " " + part["description"]
+        pd.DataFrame({"text": text, "label": part["label"].map({str(k): v for k, v in AG_NEWS["label_names"].items()})}).to_csv(
+            folder / f"{split}.csv", index=False)
+
+
+def cut_to_short(raw: Path, splits: tuple[str, ...]) -> None:
+    """Cut every text of `splits` to its first 15-25 words (seeded), in place."""
+    import numpy as np
+
+    from pipeline.data.raw import read_split, split_path, write_split
+
+    rng = np.random.default_rng(0)
+    for split in splits:
+        columns = read_split(raw, split)
+        keep = rng.integers(SHORT_WORDS[0], SHORT_WORDS[1] + 1, len(columns["text"]))
+        columns["text"] = [" ".join(text.split()[:k]) for text, k in zip(columns["text"], keep)]
+        import pandas as pd
+
+        write_split(pd.DataFrame(columns), split_path(raw, split))
 
 
 def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 2) -> dict:
@@ -116,8 +181,13 @@ def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 
     trained = run_train(params, folder / "processed", run / "model", run / "train.json", run / "live", run / "resume", progress=False)
     scores = run_evaluate(params, run / "model" / "best.pt", folder / "processed", folder / "raw",
                           run / "metrics.json", run / "confusion.csv", run / "errors.csv")
+    losses = [float(line.split("\t")[1]) for line in (run / "live" / "plots" / "metrics" / "validation" / "loss.tsv").read_text().splitlines()[1:]]
+    steps = [int(line.split("\t")[0]) for line in (run / "live" / "plots" / "metrics" / "validation" / "loss.tsv").read_text().splitlines()[1:]]
+    chosen_loss = losses[steps.index(trained["best_step"])]
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "best_epoch": trained["best_epoch"],
-            "epochs": trained["epochs"], "steps": trained["steps"], "train_seconds": trained["wall_seconds"]}
+            "epochs": trained["epochs"], "steps": trained["steps"], "train_seconds": trained["wall_seconds"],
+            "validation_loss_chosen": chosen_loss, "validation_loss_min": min(losses),
+            "validation_loss_ratio": round(chosen_loss / min(losses), 4)}
 
 
 def table(rows: list[dict]) -> str:

@@ -67,3 +67,146 @@ def metrics_from_counts(counts: np.ndarray, loss: float, labels: list[str]) -> d
         metrics[f"{name}_recall"] = float(recall[i])
         metrics[f"{name}_f1"] = float(f1[i])
     return metrics
+
+
+# --- multi-label ------------------------------------------------------------------------------
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * logits))  # exp-free: no overflow for large logits
+
+
+def bce_sum(logits: np.ndarray, actual: np.ndarray) -> float:
+    """Binary cross-entropy of every label, averaged over the labels of a text and summed over
+    the texts (so that shards add up), computed stably in float64."""
+    if not len(actual):
+        return 0.0
+    x, y = logits.astype(np.float64), actual.astype(np.float64)
+    return float((np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).mean(1).sum())
+
+
+def multilabel_tally(logits: np.ndarray, actual: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
+    """The sums the multi-label metrics come from, one float64 vector (shards add up): per label
+    (right, predicted, actual) counts, then the loss sum, the texts whose every decision is
+    right, the wrong decisions and the texts. A label is predicted at `thresholds` (probability)."""
+    classes = actual.shape[1] if actual.ndim == 2 else 0
+    decided = sigmoid(logits) >= thresholds if len(actual) else np.zeros((0, classes), dtype=bool)
+    truth = actual.astype(bool)
+    counts = np.stack([(decided & truth).sum(0), decided.sum(0), truth.sum(0)]).astype(np.float64) if len(actual) else np.zeros((3, classes))
+    right = (decided == truth)
+    extra = [bce_sum(logits, actual), float(right.all(1).sum()), float((~right).sum()), float(len(actual))]
+    return np.concatenate([counts.ravel(), extra])
+
+
+def multilabel_metrics_from_tally(tally: np.ndarray, labels: list[str]) -> dict[str, float]:
+    """accuracy (subset accuracy: every label of a text right), macro_f1, micro_f1, hamming_loss,
+    loss, documents, then <label>_precision, _recall, _f1 and _support for every label."""
+    classes = len(labels)
+    counts = tally[: 3 * classes].reshape(3, classes)
+    loss_sum, exact, wrong, documents = tally[3 * classes :]
+    precision, recall, f1 = per_class_scores(counts)
+    right, predicted, actual = counts.sum(1)
+    metrics: dict[str, float] = {
+        "accuracy": float(exact / max(documents, 1)),
+        "macro_f1": float(f1.mean()),
+        "micro_f1": float(2 * right / max(predicted + actual, 1)),
+        "hamming_loss": float(wrong / max(documents * classes, 1)),
+        "loss": float(loss_sum / max(documents, 1)),
+        "documents": int(documents),
+    }
+    for i, name in enumerate(labels):
+        metrics[f"{name}_precision"] = float(precision[i])
+        metrics[f"{name}_recall"] = float(recall[i])
+        metrics[f"{name}_f1"] = float(f1[i])
+        metrics[f"{name}_support"] = int(counts[2, i])
+    return metrics
+
+
+def multilabel_metrics(logits: np.ndarray, actual: np.ndarray, labels: list[str], thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
+    return multilabel_metrics_from_tally(multilabel_tally(logits, actual, thresholds), labels)
+
+
+def scores(logits: np.ndarray, actual: np.ndarray, labels: list[str], thresholds: np.ndarray | float = 0.5) -> dict[str, float]:
+    """classification_metrics, or multilabel_metrics for label sets (a 2-D `actual`)."""
+    if actual.ndim == 2:
+        return multilabel_metrics(logits, actual, labels, thresholds)
+    return classification_metrics(logits, actual, labels)
+
+
+# --- calibration and thresholds -----------------------------------------------------------------
+ECE_BINS = 15
+
+
+def probabilities(logits: np.ndarray, multilabel: bool, temperature: np.ndarray | float = 1.0) -> np.ndarray:
+    """Softmax over classes, or a sigmoid per label, of `logits / temperature` (float64)."""
+    scaled = logits.astype(np.float64) / temperature
+    return sigmoid(scaled) if multilabel else softmax(scaled)
+
+
+def calibration_scores(probs: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """Expected calibration error (15 equal-width bins) and Brier score. Multiclass: of the top
+    class's probability against being right (Guo et al. 2017); multi-label: of every label's
+    probability against the label being there."""
+    if actual.ndim == 2:
+        confidence, hit = probs.ravel(), actual.ravel().astype(np.float64)
+        brier = float(((probs - actual) ** 2).mean())
+    else:
+        confidence, hit = probs.max(1), (probs.argmax(1) == actual).astype(np.float64)
+        onehot = np.zeros_like(probs)
+        onehot[np.arange(len(actual)), actual] = 1
+        brier = float(((probs - onehot) ** 2).sum(1).mean())
+    bins = np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    gap = np.abs(np.bincount(bins, weights=confidence, minlength=ECE_BINS) - np.bincount(bins, weights=hit, minlength=ECE_BINS))
+    return {"ece": float(gap.sum() / max(len(confidence), 1)), "brier": brier}
+
+
+def reliability(probs: np.ndarray, actual: np.ndarray) -> dict[str, list]:
+    """Per bin of confidence: its mean confidence, accuracy (or positive share) and count, for a reliability diagram."""
+    if actual.ndim == 2:
+        confidence, hit = probs.ravel(), actual.ravel().astype(np.float64)
+    else:
+        confidence, hit = probs.max(1), (probs.argmax(1) == actual).astype(np.float64)
+    bins = np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    count = np.bincount(bins, minlength=ECE_BINS)
+    mean = lambda values: np.divide(np.bincount(bins, weights=values, minlength=ECE_BINS), count, out=np.zeros(ECE_BINS), where=count > 0)  # noqa: E731
+    return {"confidence": np.round(mean(confidence), 6).tolist(), "accuracy": np.round(mean(hit), 6).tolist(), "count": count.tolist()}
+
+
+def fit_temperature(logits: np.ndarray, actual: np.ndarray) -> np.ndarray | float:
+    """The temperature that minimizes the validation loss of `logits / T` (Guo et al. 2017):
+    one for multiclass, one per label for multi-label data (each label a binary problem).
+    Golden-section search on log T in [0.05, 20]; it never changes which class is on top."""
+    multilabel = actual.ndim == 2
+
+    def loss(log_t: np.ndarray) -> np.ndarray:  # one loss per candidate (per label for multi-label)
+        t = np.exp(log_t)
+        if multilabel:
+            x, y = logits.astype(np.float64) / t, actual.astype(np.float64)
+            return (np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).mean(0)
+        return np.array([log_loss_sum(logits.astype(np.float64) / value, actual) for value in np.atleast_1d(t)])
+
+    shape = (actual.shape[1],) if multilabel else (1,)
+    low, high = np.full(shape, np.log(0.05)), np.full(shape, np.log(20.0))
+    ratio = (np.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = high - ratio * (high - low), low + ratio * (high - low)
+        left = loss(a) < loss(b)
+        high, low = np.where(left, b, high), np.where(left, low, a)
+    best = np.exp((low + high) / 2)
+    return best if multilabel else float(best[0])
+
+
+def tune_thresholds(probs: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Per label, the probability at or above which it is predicted that maximizes its F1 on
+    these texts (the validation split); 0.5 for a label they never hold."""
+    thresholds = np.full(probs.shape[1], 0.5)
+    for label in range(probs.shape[1]):
+        truth = actual[:, label].astype(bool)
+        if not truth.any():
+            continue
+        order = np.argsort(-probs[:, label], kind="stable")
+        ranked, hits = probs[order, label], np.cumsum(truth[order])
+        # a cut can only fall between two different probabilities: after the last of each run of ties
+        ends = np.flatnonzero(np.append(ranked[1:] != ranked[:-1], True))
+        predicted = ends + 1
+        f1 = 2 * hits[ends] / (predicted + truth.sum())
+        thresholds[label] = ranked[ends[int(np.argmax(f1))]]
+    return thresholds

@@ -97,15 +97,21 @@ class SplitNames(Section):
 
 class DownloadParams(Section):
     source: Name = "hf:fancyzhx/ag_news"  # hf:<id>, http(s) URL, or a local file, folder or archive
+    task: Literal["multiclass", "multilabel"] = "multiclass"  # multilabel: each text carries a set of labels, maybe none
     hf_config: Name | None = None  # Hugging Face dataset config name (hf: sources only)
     revision: Name | None = None  # hf: Hub datasets: the branch, tag or commit to read (a commit pins it)
     splits: SplitNames = SplitNames()
     sha256: str | None = None  # checksum of the downloaded (or local) file, verified before use (not for hf:)
     encoding: str = "utf-8"  # encoding of text files (CSV, TSV, JSON Lines, .txt)
     text_columns: list[Name] = Field(default=["text"], min_length=1)  # several are joined with a space
-    label_column: Name = "label"
+    label_column: Name = "label"  # multilabel: a list (JSON Lines, Parquet) or a string split by label_separator
+    label_separator: Name | None = None  # multilabel: the labels of a row joined in one string by this, e.g. "," or "|"
+    label_columns: list[Name] | None = None  # multilabel: 0/1 columns, one per label (named by the column), instead of label_column
     column_names: list[Name] | None = None  # for headerless CSV/TSV: the names of its columns
-    label_names: dict[str | int, Name] | None = None  # raw label -> class name, e.g. {1: World}
+    # raw label -> class name: a mapping ({1: World}), a list (raw label i is the i-th name), or a
+    # file of names, one per line (raw label i is line i, from 0; relative to the project root)
+    label_names: dict[str | int, Name] | list[Name] | str | None = None
+    tsv_quoting: Literal["none", "csv"] = "none"  # TSV fields in double quotes, CSV-style ("csv", as GoEmotions writes them), or none
     dedup: bool = True  # drop repeated texts (case, HTML tags, spacing ignored) within and across splits
     validation_fraction: float = Field(default=0.1, gt=0, lt=1)  # of train, when the source has no validation split
     test_fraction: float = Field(default=0.2, gt=0, lt=1)  # of all rows, for single-file sources
@@ -131,11 +137,11 @@ class DownloadParams(Section):
 
     @field_validator("label_names")
     @classmethod
-    def _string_keys(cls, value: dict[str | int, str] | None) -> dict[str | int, str] | None:
-        # Raw labels are compared as strings, whatever YAML made of the keys.
-        if value is None:
-            return None
-        names = {str(k): v for k, v in value.items()}
+    def _string_keys(cls, value: dict[str | int, str] | list[str] | str | None) -> dict[str, str] | str | None:
+        # Raw labels are compared as strings, whatever YAML made of the keys; a list is indexed from 0.
+        if value is None or isinstance(value, str):
+            return value  # a file of names: read by the download stage
+        names = {str(k): v for k, v in (enumerate(value) if isinstance(value, list) else value.items())}
         if "" in names:
             raise ValueError("a raw label cannot be empty: rows without a label are an error anyway")
         if len(set(names.values())) < 2:
@@ -155,18 +161,29 @@ class DownloadParams(Section):
             raise KeyRuleError("revision", "applies to hf: sources only; pin a file or URL with download.sha256 instead", self.revision)
         if repeated := _duplicates(self.text_columns):
             raise KeyRuleError("text_columns", f"lists {repeated} more than once; list each column once", self.text_columns)
-        if self.label_column in self.text_columns:
+        for key in ("label_separator", "label_columns"):
+            if getattr(self, key) is not None and self.task != "multilabel":
+                raise KeyRuleError(key, "is for download.task multilabel (several labels per text); set the task or remove it", getattr(self, key))
+        if self.label_separator is not None and self.label_columns is not None:
+            raise KeyRuleError("label_separator", "and download.label_columns both set: the labels are in one column, or in several; keep one", self.label_separator)
+        if self.label_columns is not None:
+            if repeated := _duplicates(self.label_columns):
+                raise KeyRuleError("label_columns", f"lists {repeated} more than once; list each column once", self.label_columns)
+            if shared := [c for c in self.label_columns if c in self.text_columns]:
+                raise KeyRuleError("label_columns", f"has {short_repr(shared[0], 40)}, which is also in download.text_columns", self.label_columns)
+        elif self.label_column in self.text_columns:
             raise KeyRuleError(
                 "label_column", "is also in download.text_columns; the label must not be part of the text the model reads", self.label_column
             )
         if self.column_names is not None:
             if repeated := _duplicates(self.column_names):
                 raise KeyRuleError("column_names", f"names {repeated} more than once; give each column its own name", self.column_names)
-            missing = [c for c in [*self.text_columns, self.label_column] if c not in self.column_names]
+            labels = self.label_columns if self.label_columns is not None else [self.label_column]
+            missing = [c for c in [*self.text_columns, *labels] if c not in self.column_names]
             if missing:
                 raise KeyRuleError(
                     "column_names",
-                    f"has no {', '.join(short_repr(c, 40) for c in missing[:3])}; it must name every download.text_columns entry and download.label_column",
+                    f"has no {', '.join(short_repr(c, 40) for c in missing[:3])}; it must name every download.text_columns entry and the label column(s)",
                     self.column_names,
                 )
         return self
@@ -267,7 +284,10 @@ class TrainParams(Section):
     clip_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; null: off
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     eval_every: int | None = Field(default=None, ge=1)  # validate every N optimizer steps; null: every epoch
-    monitor: Literal["loss", "accuracy", "macro_f1"] = "accuracy"  # validation metric for the best checkpoint and early stopping (loss rises from over-confidence while accuracy still improves)
+    # validation metric for the best checkpoint and early stopping; auto: accuracy, or for multi-label data
+    # loss (subset accuracy and F1 at 0.5 say little before the thresholds are tuned)
+    monitor: Literal["auto", "loss", "accuracy", "macro_f1"] = "auto"
+    class_weights: Literal["none", "balanced"] = "none"  # balanced: inverse class frequency in the loss (per-label positive weights for multi-label data)
     mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max otherwise
     patience: int = Field(default=2, ge=0)  # validations without improvement before stopping
     min_delta: float = Field(default=0.002, ge=0)  # smaller changes do not count as improvement (0.2 point of accuracy: a few validation texts, noise)
@@ -336,9 +356,14 @@ def short_repr(value: Any, limit: int = SHOWN_CHARS) -> str:
     return clip(text, limit)
 
 
+def _union_member(part: object) -> bool:
+    return isinstance(part, str) and ("[" in part or part in ("str", "int", "float", "bool", "list", "dict"))
+
+
 def describe_error(error: dict[str, Any]) -> str:
     """One pydantic error as 'key.path: what is wrong (got value)', on one line, of bounded length."""
-    parts = [clip(str(part)) for part in error["loc"] if part != "[key]"]
+    # pydantic names the member of a union that failed (`dict[...]`, `str`): not a key of ours
+    parts = [clip(str(part)) for part in error["loc"] if part != "[key]" and not _union_member(part)]
     got = error["input"]
     rule = error.get("ctx", {}).get("error")
     if isinstance(rule, KeyRuleError):  # a rule between keys: name the key it blames
@@ -366,8 +391,10 @@ def parse_params(data: Any, origin: str = "params.yaml") -> Params:
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        problems = "; ".join(describe_error(e) for e in errors[:SHOWN_PROBLEMS])
+        described = list(dict.fromkeys(describe_error(e) for e in exc.errors()))
+        keys = [line.split(": ", 1)[0] for line in described]  # one line per key: a union's members each fail the same value
+        errors = [line for i, line in enumerate(described) if keys.index(keys[i]) == i]
+        problems = "; ".join(errors[:SHOWN_PROBLEMS])
         if len(errors) > SHOWN_PROBLEMS:
             problems += f"; and {len(errors) - SHOWN_PROBLEMS} more"
         raise PipelineError(f"{origin}: {problems}. Fix it in {origin} (or in your -S override).") from None

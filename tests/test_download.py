@@ -655,7 +655,7 @@ def test_integral_numbers_are_one_label(tmp_path):
 def test_a_label_list_in_a_multiclass_run_is_named(tmp_path):
     lines = [f'{{"text": "text number {i}", "label": ["a", "b"]}}' for i in range(10)]
     (tmp_path / "train.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    fails(tmp_path, "holds list values", "first at row 1", source=str(tmp_path / "train.jsonl"))
+    fails(tmp_path, "holds lists of labels (first at row 1", "set download.task: multilabel", source=str(tmp_path / "train.jsonl"))
 
 
 def test_lone_surrogates_are_replaced_and_counted(tmp_path, capsys):

@@ -84,6 +84,11 @@ def test_cli_reports_invalid_yaml_and_missing_file(tmp_path):
 # forbids; RULE rows break a rule between keys (the message must name the key it blames).
 TYPE = [
     ("download.source", 5, "valid string"),
+    ("download.task", 1, "Input should be 'multiclass' or 'multilabel'"),
+    ("download.label_separator", 1, "valid string"),
+    ("download.label_columns", "labels", "valid list"),
+    ("download.tsv_quoting", True, "Input should be 'none' or 'csv'"),
+    ("train.class_weights", 1, "Input should be 'none' or 'balanced'"),
     ("download.hf_config", 5, "valid string"),
     ("download.splits.train", 5, "valid string"),
     ("download.splits.validation", 5, "valid string"),
@@ -93,7 +98,7 @@ TYPE = [
     ("download.text_columns", "text", "valid list"),
     ("download.label_column", 0, "valid string"),
     ("download.column_names", "a,b", "valid list"),
-    ("download.label_names", ["World"], "valid dictionary"),
+    ("download.label_names", 5, "valid dictionary"),
     ("download.validation_fraction", "0.1", "valid number"),
     ("download.test_fraction", "0.2", "valid number"),
     ("download.max_rows", 100.0, "valid integer"),
@@ -143,7 +148,7 @@ TYPE = [
     ("train.clip_norm", "off", "valid number"),
     ("train.label_smoothing", "0.1", "valid number"),
     ("train.eval_every", "epoch", "valid integer"),
-    ("train.monitor", 1, "Input should be 'loss', 'accuracy' or 'macro_f1'"),
+    ("train.monitor", 1, "Input should be 'auto', 'loss', 'accuracy' or 'macro_f1'"),
     ("train.mode", True, "Input should be 'auto', 'min' or 'max'"),
     ("train.patience", "2", "valid integer"),
     ("train.min_delta", "0", "valid number"),
@@ -177,6 +182,12 @@ TYPE = [
 ]
 VALUE = [
     ("download.source", "", "at least 1 character"),
+    ("download.task", "multi", "Input should be 'multiclass' or 'multilabel'"),
+    ("download.label_separator", "", "at least 1 character"),
+    ("download.label_columns.0", "", "at least 1 character"),
+    ("download.tsv_quoting", "excel", "Input should be 'none' or 'csv'"),
+    ("train.class_weights", "inverse", "Input should be 'none' or 'balanced'"),
+    ("download.label_names", ["World"], "at least two classes"),
     ("download.source", "hf:", "hf: needs a dataset id"),
     ("download.hf_config", "", "at least 1 character"),
     ("download.revision", "", "at least 1 character"),
@@ -254,7 +265,7 @@ VALUE = [
     ("train.clip_norm", 0.0, "greater than 0"),
     ("train.label_smoothing", 1.0, "less than 1"),
     ("train.eval_every", 0, "greater than or equal to 1"),
-    ("train.monitor", "f1", "Input should be 'loss'"),
+    ("train.monitor", "f1", "Input should be 'auto'"),
     ("train.mode", "maximize", "Input should be 'auto'"),
     ("train.patience", -1, "greater than or equal to 0"),
     ("train.min_delta", -0.001, "greater than or equal to 0"),
@@ -298,6 +309,9 @@ RULE = [
     ("download.revision", "main", "applies to hf: sources only", {"download.source": "data/reviews.csv"}),
     ("download.label_column", "title", "is also in download.text_columns", {"download.text_columns": ["title", "body"]}),
     ("download.column_names", ["text", "stars"], "has no 'label'", {}),
+    ("download.label_separator", ",", "is for download.task multilabel", {}),
+    ("download.label_columns", ["joy", "anger"], "is for download.task multilabel", {}),
+
     ("download.column_names", ["body", "text", "label"], "has no 'title'", {"download.text_columns": ["title", "text"]}),
 ]
 
@@ -322,7 +336,7 @@ def with_item(path: str, value: Any) -> dict[str, Any]:
     parent, _, index = path.rpartition(".")
     if not index.isdigit():
         return {path: value}
-    valid = {"download.text_columns": ["text"], "download.column_names": ["text", "label"],
+    valid = {"download.text_columns": ["text"], "download.column_names": ["text", "label"], "download.label_columns": ["a", "b"],
              "download.label_names": {1: "World", 2: "Sports"}, "model.cnn.widths": [3, 4]}[parent]
     if isinstance(valid, dict):
         return {parent: {**valid, int(index): value}}
@@ -470,3 +484,23 @@ def test_a_pretrained_revision_may_be_null():
     """revision pins a Hub download; for a local folder (or to take the latest) it may be null."""
     params = parse_params({"model": {"arch": "pretrained", "pretrained": {"source": "models/minilm", "revision": None}}})
     assert params.model.pretrained.revision is None
+
+
+@pytest.mark.parametrize(
+    ("flat", "key", "fragment"),
+    [
+        ({"download.task": "multilabel", "download.label_separator": ",", "download.label_columns": ["joy", "anger"]},
+         "download.label_separator", "both set"),
+        ({"download.task": "multilabel", "download.label_columns": ["joy", "text"]}, "download.label_columns", "also in download.text_columns"),
+        ({"download.task": "multilabel", "download.label_columns": ["joy", "anger"], "download.column_names": ["text", "joy"]},
+         "download.column_names", "has no 'anger'"),
+    ],
+)
+def test_multi_label_settings_are_checked_together(flat, key, fragment):
+    assert_names_key(nested(flat), key, fragment)
+
+
+def test_multi_label_settings_that_agree_pass():
+    parse_params(nested({"download.task": "multilabel", "download.label_columns": ["joy", "anger"], "download.column_names": ["text", "joy", "anger"]}))
+    parse_params(nested({"download.task": "multilabel", "download.label_separator": ",", "download.label_names": ["admiration", "amusement"]}))
+    parse_params(nested({"download.task": "multilabel", "download.label_names": "data/emotions.txt"}))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from pipeline.data.raw import SPLITS
+from pipeline.data.splitting import stratum
 from pipeline.errors import PipelineError
 from pipeline.text.settings import HTML_TAG
 
@@ -22,12 +23,13 @@ def deduplicate(frames: dict[str, pd.DataFrame], drop: bool) -> tuple[dict[str, 
     Within a split the first occurrence stays (test too: a repeated test text would be scored
     twice). Across splits test wins, then validation: a text in test leaves validation and train,
     a text in validation leaves train, so nothing evaluated was also trained on. Texts seen with
-    more than one label are counted, not resolved: the surviving copy keeps its own label.
+    more than one label (a label set, for multi-label data) are counted, not resolved: the
+    surviving copy keeps its own labels.
     """
     keys = {split: normalized(frame["text"]) for split, frame in frames.items()}
     pairs = pd.DataFrame({
         "key": pd.concat(keys.values(), ignore_index=True),
-        "label": pd.concat([frame["label"] for frame in frames.values()], ignore_index=True),
+        "label": pd.concat([frame["label"].map(stratum) for frame in frames.values()], ignore_index=True),
     }).drop_duplicates()
     counts = {}
     keep = {}

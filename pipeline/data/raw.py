@@ -1,7 +1,8 @@
 """The raw splits: data/raw/{train,validation,test}.parquet, written by `download`, read by
 `tokenize`, `baseline`, `evaluate` and `export` (through `read_split` and `text_batches` only).
 
-Each has two string columns: `text`, and `label` (the class name). Read with pyarrow alone:
+Each has two columns: `text`, and `label`: the class name (multiclass), or the list of the
+row's label names, maybe empty (multilabel: a Parquet list of strings). Read with pyarrow alone:
 no pandas, so that what reads them stays light.
 """
 
@@ -28,7 +29,11 @@ def split_path(raw_dir: Path, split: str) -> Path:
 
 
 def write_split(frame: pd.DataFrame, path: Path) -> None:
-    table = pa.table({column: pa.array(frame[column].tolist(), pa.string()) for column in COLUMNS})
+    """`label`: a class name per row, or a list of them (multi-label data: a Parquet list column)."""
+    labels = frame["label"].tolist()
+    multilabel = bool(labels) and isinstance(labels[0], (list, tuple))
+    table = pa.table({"text": pa.array(frame["text"].tolist(), pa.string()),
+                      "label": pa.array([list(v) for v in labels] if multilabel else labels, pa.list_(pa.string()) if multilabel else pa.string())})
     pq.write_table(table, path, compression="zstd")
 
 
@@ -54,7 +59,9 @@ def read_split(raw_dir: Path, split: str, columns: Sequence[str] = COLUMNS) -> d
         table = parquet.read(columns=list(columns))
     except (pa.ArrowException, OSError) as exc:
         raise PipelineError(f"{path}: cannot read the split ({exc}); rerun the download stage") from None
-    return {column: [value or "" for value in table.column(column).to_pylist()] for column in columns}
+    # a missing text reads as ""; a label is a class name, or a list of them (multi-label data)
+    return {column: [value if value is not None else ("" if column == "text" else value) for value in table.column(column).to_pylist()]
+            for column in columns}
 
 
 def read_texts(raw_dir: Path, split: str, expected: int) -> list[str]:

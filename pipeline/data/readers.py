@@ -53,9 +53,10 @@ def decode(path: Path, encoding: str, name_of: NameOf = str) -> str:
 
 
 def read_table(
-    path: Path, encoding: str = "utf-8", column_names: list[str] | None = None, name_of: NameOf = str
+    path: Path, encoding: str = "utf-8", column_names: list[str] | None = None, name_of: NameOf = str, tsv_quoting: str = "none"
 ) -> pd.DataFrame:
-    """Read one table file; every column comes back as strings except in Parquet."""
+    """Read one table file; every column comes back as strings except in Parquet. TSV is read
+    unquoted (the format's standard), or with CSV-style double quotes (`tsv_quoting` "csv")."""
     import pandas as pd
 
     name = name_of(path)
@@ -78,7 +79,7 @@ def read_table(
         "dtype": str,
         "keep_default_na": False,  # "NA" or "null" in a review is text, not a missing value
         "index_col": False,
-        "quoting": csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL,
+        "quoting": csv.QUOTE_NONE if fmt == "tsv" and tsv_quoting == "none" else csv.QUOTE_MINIMAL,
     }
     try:
         if column_names is None:

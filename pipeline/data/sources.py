@@ -63,13 +63,13 @@ def load_source(params: DownloadParams, scratch: Path) -> Loaded:
         return params.source if where == downloaded else str(where)
 
     if path.is_file():
-        frame = read_table(path, params.encoding, params.column_names, name_of)
+        frame = read_table(path, params.encoding, params.column_names, name_of, params.tsv_quoting)
         return Loaded({SINGLE_FILE: (frame, name_of(path))}, columns, provenance)
     tables = table_files(path, name_of)
     if tables:
         mapping = match_splits(list(tables), params.splits, name_of(path))
         splits = {
-            ours: (read_table(tables[theirs], params.encoding, params.column_names, name_of), name_of(tables[theirs]))
+            ours: (read_table(tables[theirs], params.encoding, params.column_names, name_of, params.tsv_quoting), name_of(tables[theirs]))
             for ours, theirs in mapping.items()
         }
         return Loaded(splits, columns, provenance)
@@ -137,5 +137,8 @@ def load_hf(params: DownloadParams) -> tuple[Sourced, dict]:
         if isinstance(feature, datasets.ClassLabel) and params.label_names is None:
             # ClassLabel stores ids; its names are the classes. -1 means "unlabelled".
             frame[params.label_column] = [feature.int2str(int(i)) if i >= 0 else None for i in frame[params.label_column]]
+        inner = getattr(feature, "feature", None)  # a Sequence (or List) of ClassLabel: multi-label ids
+        if isinstance(inner, datasets.ClassLabel) and params.label_names is None:
+            frame[params.label_column] = [[inner.int2str(int(i)) for i in ids if i >= 0] for ids in frame[params.label_column]]
         frames[ours] = (frame, where)
     return frames, provenance

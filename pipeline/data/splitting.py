@@ -11,8 +11,28 @@ import pandas as pd
 from pipeline.errors import PipelineError, listed
 
 
-def check_classes(train_labels: Iterable[str]) -> None:
-    classes = sorted(set(train_labels))
+def is_label_set(value: object) -> bool:
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def flat(labels: Iterable) -> list[str]:
+    """Every label of `labels`: its items, or the items of its label sets (multi-label data)."""
+    return [label for value in labels for label in (value if is_label_set(value) else [value])]
+
+
+def stratum(value: object) -> str:
+    """A row's label, or its label set as one string: what stratified sampling keeps the shares of,
+    and what de-duplication compares."""
+    return "\x1f".join(value) if is_label_set(value) else str(value)
+
+
+def check_classes(train_labels: Iterable) -> None:
+    labels = list(train_labels)
+    if labels and is_label_set(labels[0]):  # multi-label: one label that occurs is enough to learn
+        if not flat(labels):
+            raise PipelineError("train has no labels at all; check download.label_column, label_separator or label_columns")
+        return
+    classes = sorted(set(labels))
     if len(classes) < 2:
         raise PipelineError(
             f"train has {len(classes)} class ({listed(classes, quote=True)}); a classifier needs at least two: "
@@ -23,16 +43,16 @@ def check_classes(train_labels: Iterable[str]) -> None:
 def check_labels_known(labels: dict[str, Iterable[str]], fix: str) -> None:
     """Every validation and test label occurs in train (a class the model never saw cannot be
     predicted); a PipelineError ending in `fix` otherwise."""
-    known = set(labels["train"])
+    known = set(flat(labels["train"]))
     for split in ("validation", "test"):
-        unseen = sorted(set(labels[split]) - known)
+        unseen = sorted(set(flat(labels[split])) - known)
         if unseen:
             raise PipelineError(f"{split} has labels that train does not have: {listed(unseen, quote=True)}; {fix}")
 
 
 def stratified_pick(labels: pd.Series, n: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted positions of `n` rows drawn so each class keeps its share (largest remainder)."""
-    classes, inverse, counts = np.unique(labels.to_numpy(dtype=str), return_inverse=True, return_counts=True)
+    classes, inverse, counts = np.unique(np.array([stratum(v) for v in labels], dtype=object).astype(str), return_inverse=True, return_counts=True)
     exact = counts * n / len(labels)
     quota = np.floor(exact).astype(int)
     shortfall = n - int(quota.sum())

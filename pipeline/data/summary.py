@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.data.raw import SPLITS
+from pipeline.data.splitting import flat, is_label_set
 
 
 def percentiles(values: np.ndarray) -> dict:
@@ -26,14 +27,20 @@ def length_histogram(values: np.ndarray) -> dict:
 
 
 def data_report(frames: dict[str, pd.DataFrame], cleaning: dict[str, dict[str, int]], source: str) -> dict:
-    """`cleaning`: per split, what cleaning dropped or replaced (empty_dropped, invalid_unicode_replaced)."""
-    report: dict = {"source": source, "classes": sorted(frames["train"]["label"].unique().tolist())}
+    """`cleaning`: per split, what cleaning dropped or replaced (empty_dropped, invalid_unicode_replaced).
+    Multi-label data adds, per split, the rows with no label and the label cardinality."""
+    multilabel = is_label_set(frames["train"]["label"].iloc[0])
+    report: dict = {"source": source, "task": "multilabel" if multilabel else "multiclass",
+                    "classes": sorted(set(flat(frames["train"]["label"])))}
     for split in SPLITS:
         frame = frames[split]
-        counts = frame["label"].value_counts()
+        counts = pd.Series(flat(frame["label"]), dtype=object).value_counts()
+        sizes = frame["label"].map(len).to_numpy() if multilabel else None
         report[split] = {
             "rows": len(frame),
             **cleaning[split],
+            **({"no_label": int((sizes == 0).sum()), "labels_per_text": round(float(sizes.mean()), 4),
+                "texts_with_2_or_more": int((sizes >= 2).sum())} if multilabel else {}),
             "classes": {label: int(counts.get(label, 0)) for label in report["classes"]},
             "chars": percentiles(frame["text"].str.len().to_numpy()),
             "words": percentiles(words := frame["text"].str.split().str.len().to_numpy()),

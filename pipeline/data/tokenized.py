@@ -4,7 +4,8 @@ and grouping documents into batches of similar length.
 Per split, in data/processed/<split>/:
   ids.npy      int32, every document's token ids back to back
   offsets.npy  int64, document i is ids[offsets[i]:offsets[i+1]]
-  labels.npy   int64 class ids (index into labels.json)
+  labels.npy   int64 class ids (index into labels.json); for multi-label data a uint8 0/1
+               matrix, documents x classes
 These load with np.load(mmap_mode="r"), so later stages never build Python lists.
 Beside them: vocab.json (token, train count; list index = id), labels.json and text.json
 (the settings that turn text into tokens, for inference), and a pretrained model's tokenizer.json.
@@ -49,14 +50,20 @@ class TokenizedSplit:
     def __reduce__(self):  # loader workers reopen the files instead of copying the arrays
         return TokenizedSplit, (self.folder,)
 
+    @property
+    def multilabel(self) -> bool:
+        """Label sets (a 0/1 matrix documents x classes), not one class id per document."""
+        return self.labels.ndim == 2
+
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids int64 (batch, longest), lengths int64, labels int64), right-padded with 0."""
+        """(ids int64 (batch, longest), lengths int64, labels: int64 class ids, or float32 0/1
+        rows for label sets), right-padded with 0."""
         lengths = self.lengths[indices].astype(np.int64)
         padded = np.zeros((len(indices), int(lengths.max(initial=0))), dtype=np.int64)
         for row, (index, length) in enumerate(zip(indices, lengths)):
             start = self.offsets[index]
             padded[row, :length] = self.ids[start : start + length]
-        return padded, lengths, self.labels[indices].astype(np.int64)
+        return padded, lengths, self.labels[indices].astype(np.float32 if self.multilabel else np.int64)
 
 
 def read_labels(processed: Path) -> list[str]:
@@ -90,6 +97,18 @@ def length_grouped_batches(
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def encode_labels(labels: list, classes: list[str]) -> np.ndarray:
+    """Class ids, int64 (documents,); or, for label sets (multi-label data), a 0/1 uint8 matrix
+    (documents, classes)."""
+    index = {name: i for i, name in enumerate(classes)}
+    if labels and isinstance(labels[0], (list, tuple, np.ndarray)):
+        hot = np.zeros((len(labels), len(classes)), dtype=np.uint8)
+        for row, names in enumerate(labels):
+            hot[row, [index[name] for name in names]] = 1
+        return hot
+    return np.array([index[name] for name in labels], dtype=np.int64)
 
 
 def write_ids(staging: Path, split: str, kept: np.ndarray, to_ids: Callable[[np.ndarray], np.ndarray],

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.data.columns import to_text_label
+from pipeline.data.columns import read_label_names, to_text_label
 from pipeline.data.dedup import deduplicate
 from pipeline.data.raw import SPLITS, split_path, write_split
 from pipeline.data.readers import INVALID_UNICODE
@@ -29,13 +29,10 @@ from pipeline.paths import DATA_REPORT, RAW_DIR
 def run_download(params: DownloadParams, out_dir: Path = RAW_DIR, report_path: Path = DATA_REPORT) -> dict:
     """Fetch, read, clean, de-duplicate and split the source; write the splits and the data report."""
     # Downloads go next to the output: same disk, and swept by the next run if killed.
+    label_names = read_label_names(params.label_names)
     with scratch_dir(out_dir, "download") as scratch:
         loaded = load_source(params, scratch)
-        text_columns, label_column = loaded.columns
-        frames = {
-            split: to_text_label(frame, text_columns, label_column, params.label_names, where)
-            for split, (frame, where) in loaded.splits.items()
-        }
+        frames = {split: to_text_label(frame, params, loaded.columns, label_names, where) for split, (frame, where) in loaded.splits.items()}
     frames, cleaning = clean(frames, {split: where for split, (_, where) in loaded.splits.items()})
     if SINGLE_FILE in frames:
         frames["train"] = frames.pop(SINGLE_FILE)

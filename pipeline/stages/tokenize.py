@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.data.raw import SPLITS, read_split, text_batches
-from pipeline.data.splitting import check_labels_known
-from pipeline.data.tokenized import write_ids, write_vocab
+from pipeline.data.splitting import check_labels_known, flat
+from pipeline.data.tokenized import encode_labels, write_ids, write_vocab
 from pipeline.errors import PipelineError
 from pipeline.files import stage_outputs, write_json
 from pipeline.params import PretrainedParams, TokenizeParams, short_repr
@@ -53,8 +53,7 @@ def run_tokenize(
         settings = subwords.settings
     labels = {split: read_split(raw_dir, split, ["label"])["label"] for split in SPLITS}
     check_labels_known(labels, "rerun the download stage")
-    classes = sorted(set(labels["train"]))
-    class_ids = {name: i for i, name in enumerate(classes)}
+    classes = sorted(set(flat(labels["train"])))
     workers = params.workers or available_cores()
 
     def bar(split: str):
@@ -70,7 +69,7 @@ def run_tokenize(
         else:
             tokens = subword_tokens(params, subwords, raw_dir, staging, workers, bar)
         for split in SPLITS:
-            np.save(staging / split / "labels.npy", np.array([class_ids[name] for name in labels[split]], dtype=np.int64))
+            np.save(staging / split / "labels.npy", encode_labels(labels[split], classes))
         write_json(staging / "labels.json", classes)
         write_json(staging / "text.json", settings.to_dict())
         report = tokenize_report(tokens, settings, len(classes))

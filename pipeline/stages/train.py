@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from pipeline.data.tokenized import TokenizedSplit, read_labels, read_vocab_size
@@ -62,7 +63,11 @@ def run_train(
         setup = prepare(params, processed, world, device, resume_dir)
         console = Console(progress if world.main else False)
         if world.main:
-            console.line(f"train: {params.model.arch}, " + ", ".join(f"{key} {_shown(getattr(params.train, key))}" for key in RESOLVED_KEYS))
+            console.line(f"train: {params.model.arch}, " + ", ".join(f"{key} {_shown(getattr(setup.params.train, key))}" for key in RESOLVED_KEYS))
+            if setup.class_weights is not None:
+                shown = ", ".join(f"{name} {weight:.3g}" for name, weight in zip(setup.labels[:10], setup.class_weights))
+                console.line(f"train: class weights (balanced{', positive weight per label' if setup.train.multilabel else ''}): {shown}"
+                             + (f", ... ({len(setup.labels)} in all)" if len(setup.labels) > 10 else ""))
         trainer = Trainer(setup, build_model(params.model, setup.vocab_size, len(setup.labels)).to(device), console, live_dir, timing_dir)
         trainer.restore()
         for batch in trainer.batches():
@@ -95,19 +100,39 @@ def prepare(params: Params, processed: Path, world: World, device: torch.device,
     train, validation = TokenizedSplit(processed / "train"), TokenizedSplit(processed / "validation")
     if len(train) == 0 or len(validation) == 0:
         raise PipelineError("the train or validation split is empty; check the download stage's output")
-    for name, split in (("train", train), ("validation", validation)):
-        if split.labels.min() < 0 or split.labels.max() >= len(labels):
-            raise PipelineError(f"{name} labels do not match labels.json; rerun the tokenize stage")
+    check_labels(train, validation, labels)
     text_settings = read_json(processed / "text.json", "rerun the tokenize stage")
     check_fits(params.model, int(text_settings["max_tokens"]))
+    updates = {"monitor": ("loss" if train.multilabel else "accuracy") if config.monitor == "auto" else config.monitor}
     if config.batch_size > len(train):
         if world.main:
             warn(f"train.batch_size {config.batch_size:,} is more than the {len(train):,} train documents; batches of {len(train):,}")
-        params = params.model_copy(update={"train": config.model_copy(update={"batch_size": len(train)})})
+        updates["batch_size"] = len(train)
+    params = params.model_copy(update={"train": config.model_copy(update=updates)})
+    weights = class_weights(train, len(labels)) if config.class_weights == "balanced" else None
     return Setup(
         params, world, device, precision, labels, train, validation, read_vocab_size(processed), sha256_of(processed / "vocab.json"),
-        text_settings, resume_dir, fingerprint(params, processed, world.size),
+        text_settings, resume_dir, fingerprint(params, processed, world.size), weights,
     )
+
+
+def check_labels(train: TokenizedSplit, validation: TokenizedSplit, labels: list[str]) -> None:
+    for name, split in (("train", train), ("validation", validation)):
+        if split.multilabel != train.multilabel or (split.multilabel and split.labels.shape[1] != len(labels)):
+            raise PipelineError(f"{name} labels do not match labels.json; rerun the tokenize stage")
+        if not split.multilabel and (split.labels.min() < 0 or split.labels.max() >= len(labels)):
+            raise PipelineError(f"{name} labels do not match labels.json; rerun the tokenize stage")
+
+
+def class_weights(train: TokenizedSplit, classes: int) -> np.ndarray:
+    """train.class_weights balanced: each class's weight in the loss, N / (classes x its count)
+    (scikit-learn's "balanced"); for multi-label data each label's positive weight, its negatives
+    over its positives, so that a rare label's few positives weigh as much as its many negatives."""
+    if train.multilabel:
+        positives = train.labels.sum(0).astype(np.float64)
+        return (len(train) - positives) / np.maximum(positives, 1)
+    counts = np.bincount(train.labels, minlength=classes).astype(np.float64)
+    return len(train) / (classes * np.maximum(counts, 1))
 
 
 def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Path, runtime_path: Path | None) -> dict[str, Any]:
@@ -127,7 +152,9 @@ def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Pa
     }
     runtime = {  # how it ran: differs between identical runs or machines, so not a metric
         "arch": setup.params.model.arch,
+        "task": "multilabel" if setup.train.multilabel else "multiclass",
         "monitor": config.monitor,
+        **({"class_weights": dict(zip(setup.labels, np.round(setup.class_weights, 6).tolist()))} if setup.class_weights is not None else {}),
         **{key: getattr(config, key) for key in RESOLVED_KEYS},  # as run: train's nulls resolved for the arch
         "wall_seconds": round(wall_seconds, 2),
         "train_seconds": round(progress.train_seconds, 2),

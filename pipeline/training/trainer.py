@@ -39,7 +39,7 @@ from torch import nn
 
 from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
 from pipeline.errors import PipelineError, warn
-from pipeline.metrics import class_counts, log_loss_sum, metrics_from_counts
+from pipeline.metrics import class_counts, log_loss_sum, metrics_from_counts, multilabel_metrics_from_tally, multilabel_tally
 from pipeline.params import Params
 from pipeline.training.checkpoint import inference_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.training.device import autocast
@@ -105,6 +105,7 @@ class Setup:
     text_settings: dict
     resume_dir: Path
     run_id: str  # the fingerprint a resume state must carry
+    class_weights: np.ndarray | None = None  # train.class_weights balanced: per class (per label: positive weights)
 
     @property
     def workers(self) -> int:
@@ -123,6 +124,22 @@ class Setup:
     def total_steps(self) -> int:
         """Optimizer steps up to the epoch cap."""
         return self.steps_per_epoch * self.params.train.max_epochs
+
+
+def validation_tally(logits: np.ndarray, actual: np.ndarray, classes: int) -> np.ndarray:
+    """What one process's validation shard adds to the metrics (sums, so that shards add up):
+    per-class counts and the loss sum (multi-label: metrics.multilabel_tally, at 0.5)."""
+    if actual.ndim == 2:
+        return multilabel_tally(logits, actual)
+    counts = class_counts(actual, logits.argmax(1) if len(actual) else actual, classes)
+    return np.concatenate([counts.ravel().astype(np.float64), [log_loss_sum(logits, actual)]])
+
+
+def validation_scores(tally: np.ndarray, labels: list[str], multilabel: bool, documents: int) -> dict[str, float]:
+    if multilabel:
+        return multilabel_metrics_from_tally(tally, labels)
+    counts = tally[:-1].round().astype(np.int64).reshape(3, len(labels))
+    return metrics_from_counts(counts, float(tally[-1] / max(documents, 1)), labels)
 
 
 class Batch(NamedTuple):
@@ -148,6 +165,7 @@ class Trainer:
         self.live_dir, self.timing_dir = live_dir, timing_dir
         self.curves: Curves | None = None
         self.loss_sum, self.loss_count = torch.zeros((), device=setup.device), 0  # summed on the device: no per-step sync
+        self.weights = torch.tensor(setup.class_weights, dtype=torch.float32, device=setup.device) if setup.class_weights is not None else None
         self.epoch_batches, self.epoch_ended, self.tick = 0, False, 0.0
 
     @property
@@ -232,7 +250,7 @@ class Trainer:
         with sync:
             with autocast(self.setup.device, self.setup.precision):
                 logits = self.train_model(batch.ids, batch.lengths)
-            losses = nn.functional.cross_entropy(logits.float(), batch.targets, label_smoothing=config.label_smoothing, reduction="none")
+            losses = self.losses(logits.float(), batch.targets)
             # this rank's part of the global batch's mean loss, times the world size, which DDP's
             # gradient average divides out: the same gradient as one process taking the whole batch
             loss = losses.sum() * (world.size / batch.size if batch.counted else 0.0)
@@ -254,6 +272,15 @@ class Trainer:
             self.console.end_epoch()
         return True
 
+    def losses(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Each text's loss: cross-entropy, or for label sets binary cross-entropy averaged over
+        the labels; class weights and label smoothing (towards 0.5 for label sets) as configured."""
+        smoothing = self.config.label_smoothing
+        if self.setup.train.multilabel:
+            targets = targets * (1 - smoothing) + smoothing / 2
+            return nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=self.weights, reduction="none").mean(1)
+        return nn.functional.cross_entropy(logits, targets, weight=self.weights, label_smoothing=smoothing, reduction="none")
+
     def validation_due(self) -> bool:
         """After this optimizer step: every `eval_every` steps, else at the end of each epoch."""
         every = self.config.eval_every
@@ -270,12 +297,10 @@ class Trainer:
         setup, config, progress, world = self.setup, self.config, self.progress, self.world
         shard_ids = np.arange(world.rank, len(setup.validation), world.size)
         logits = predict_logits(self.step_model, setup.validation, config.batch_size * 4, setup.device, setup.precision, setup.workers, shard_ids)
-        actual, classes = setup.validation.labels[shard_ids], len(setup.labels)
-        counts = class_counts(actual, logits.argmax(1) if len(actual) else actual, classes)
-        sums = torch.tensor([*counts.ravel(), log_loss_sum(logits, actual)], dtype=torch.float64)
-        sums = world.all_reduce(torch.cat([sums.to(setup.device), self.loss_sum.double().reshape(1)])).cpu().numpy()
-        counts = sums[: counts.size].round().astype(np.int64).reshape(counts.shape)
-        scores = metrics_from_counts(counts, float(sums[-2] / max(len(setup.validation), 1)), setup.labels)
+        tally = validation_tally(logits, setup.validation.labels[shard_ids], len(setup.labels))
+        sums = torch.cat([torch.tensor(tally, dtype=torch.float64, device=setup.device), self.loss_sum.double().reshape(1)])
+        sums = world.all_reduce(sums).cpu().numpy()
+        scores = validation_scores(sums[:-1], setup.labels, setup.train.multilabel, len(setup.validation))
         record = {
             "step": progress.step,
             "epoch": progress.epoch + progress.batch / setup.batches_per_epoch,
@@ -283,6 +308,7 @@ class Trainer:
             "validation/loss": scores["loss"],
             "validation/accuracy": scores["accuracy"],
             "validation/macro_f1": scores["macro_f1"],
+            **({"validation/micro_f1": scores["micro_f1"]} if setup.train.multilabel else {}),
             "lr": learning_rate(config, max(progress.step - 1, 0), setup.steps_per_epoch, progress.plateau_scale),
             "samples_per_second": progress.samples_per_second,
         }
