@@ -155,16 +155,18 @@ def evaluate(
     metrics: Annotated[Path, typer.Option(help="Where to write the test metrics (JSON).")] = paths.METRICS,
     confusion: Annotated[Path, typer.Option(help="Where to write actual,predicted rows (CSV).")] = paths.CONFUSION,
     errors: Annotated[Path, typer.Option(help="Where to write the most confident mistakes (CSV).")] = paths.ERRORS,
+    calibration: Annotated[Path, typer.Option(help="Where to write the temperature(s) and thresholds fitted on validation (JSON).", dir_okay=False)] = paths.CALIBRATION,
 ) -> None:
-    """Score the best checkpoint on the test split: metrics, confusion rows and the worst errors."""
+    """Calibrate the best checkpoint on validation and score it on the test split: metrics, confusion rows and the worst errors."""
     with reported_errors():
         from pipeline.params import load_params
         from pipeline.stages.evaluate import run_evaluate
 
-        result = run_evaluate(load_params(params), checkpoint, data, raw, metrics, confusion, errors)
+        result = run_evaluate(load_params(params), checkpoint, data, raw, metrics, confusion, errors, calibration)
+        micro = f", micro-F1 {result['micro_f1']:.4f} (tuned thresholds)" if "micro_f1" in result else ""
         typer.echo(
-            f"evaluate: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}, "
-            f"loss {result['loss']:.4f} on {result['documents']:,} documents -> {metrics}"
+            f"evaluate: test {'subset ' if micro else ''}accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}{micro}, "
+            f"ECE {result['ece_uncalibrated']:.4f} -> {result['ece']:.4f} calibrated, on {result['documents']:,} documents -> {metrics}"
         )
 
 
@@ -177,13 +179,14 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the inference bundle.")] = paths.EXPORT_DIR,
     report: Annotated[Path, typer.Option(help="Where to write the export report (JSON).")] = paths.EXPORT_REPORT,
     runtime: RuntimeFile = paths.EXPORT_RUNTIME,
+    calibration: Annotated[Path, typer.Option(help="The evaluate stage's calibration (JSON), for the bundle.", dir_okay=False)] = paths.CALIBRATION,
 ) -> None:
     """Export the best checkpoint to ONNX (fp32 and int8), check parity, measure accuracy and latency."""
     with reported_errors():
         from pipeline.params import load_params
         from pipeline.stages.export import run_export
 
-        r = run_export(load_params(params), checkpoint, data, raw, out, report, runtime)
+        r = run_export(load_params(params), checkpoint, data, raw, out, report, runtime, calibration)
         typer.echo(
             f"export: accuracy torch {r['torch_fp32_accuracy']:.4f}, onnx fp32 {r['onnx_fp32_accuracy']:.4f}, "
             f"int8 {r['onnx_int8_accuracy']:.4f}; max |logit diff| {r['onnx_fp32_max_abs_diff']:.1e}; "
@@ -261,6 +264,7 @@ def predict(
     batch_size: Annotated[int, typer.Option(min=1, help="Texts per ONNX Runtime call.")] = 64,
     echo_chars: Annotated[int, typer.Option(min=1, help="Each line's text is cut to this many characters (with …); the model reads the whole text.")] = 1000,
     full_text: Annotated[bool, typer.Option("--full-text", help="Echo every text whole, however long.")] = False,
+    all_probabilities: Annotated[bool, typer.Option("--all-probabilities", help="Multi-label bundles: every label's probability beside the labels chosen.")] = False,
     workers: Annotated[
         int | None,
         typer.Option(min=1, help="Tokenizing processes for large inputs (spaCy bundles; a pretrained model's tokenizer uses every core itself); default: every core.", show_default=False),
@@ -276,7 +280,7 @@ def predict(
 
         result = run_predict(
             list(items or []), bundle, paths.EXPORT_DIR, file, column, encoding, skip_bad, int8=not fp32, out=out,
-            batch_size=batch_size, workers=workers, echo_chars=None if full_text else echo_chars,
+            batch_size=batch_size, workers=workers, echo_chars=None if full_text else echo_chars, all_probabilities=all_probabilities,
         )
         if result.replaced:
             typer.echo(f"predict: replaced {result.replaced:,} invalid characters (lone surrogates) with U+FFFD", err=True)

@@ -20,6 +20,7 @@ TRAIN_REPORT = Path("reports/train.json")
 TRAIN_LIVE = Path("reports/train")  # DVCLive: per-validation curves under plots/metrics/
 METRICS = Path("reports/metrics.json")  # evaluate ->
 CONFUSION = Path("reports/confusion.csv")
+CALIBRATION = Path("reports/calibration.json")  # evaluate -> the fitted temperature(s) and thresholds -> export
 ERRORS = Path("reports/errors.csv")
 EXPORT_DIR = Path("models/export")  # export -> the inference bundle (ONNX fp32 + int8, vocabulary, labels, manifest)
 EXPORT_REPORT = Path("reports/export.json")

@@ -308,9 +308,9 @@ def test_two_folders_give_byte_identical_checkpoints_and_bundles(project, tmp_pa
         root.mkdir(parents=True)
         shutil.copy(project / "params.yaml", root / "params.yaml")
         shutil.copytree(project / "data", root / "data")
-        for command in ("train", "export"):
+        for command in ("train", "evaluate", "export"):
             assert invoke(command, cwd=root).returncode == 0
-        files = [root / "models" / "train" / "best.pt", *sorted((root / "models" / "export").iterdir())]
+        files = [root / "models" / "train" / "best.pt", root / "reports" / "calibration.json", *sorted((root / "models" / "export").iterdir())]
         digests.append({path.relative_to(root).as_posix(): sha256_of(path) for path in files})
         assert all(str(tmp_path).encode() not in path.read_bytes() for path in files)
     assert digests[0] == digests[1]

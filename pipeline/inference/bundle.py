@@ -31,6 +31,7 @@ from pipeline import __version__
 from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
 from pipeline.errors import PipelineError, first_line
 from pipeline.files import read_json, sha256_of
+from pipeline.inference.calibration import Calibration
 from pipeline.text.settings import PAD_ID, TextSettings
 from pipeline.text.subwords import TOKENIZER_FILE
 
@@ -38,6 +39,7 @@ BUNDLE_FORMAT = 1
 FP32_MODEL, INT8_MODEL = "model.onnx", "model.int8.onnx"
 VOCAB, LABELS, TEXT_SETTINGS, MANIFEST = "vocab.json", "labels.json", "text.json", "manifest.json"
 TOKENIZER = TOKENIZER_FILE  # beside text.json when text.json's tokenizer is "pretrained"
+CALIBRATION = "calibration.json"  # temperature(s) and thresholds (inference/calibration.py); bundles before it have none
 BUNDLE_FILES = (FP32_MODEL, INT8_MODEL, VOCAB, LABELS, TEXT_SETTINGS)
 TOKENIZERS = ("spacy", "pretrained")  # text.json's tokenizer kinds
 def file_entry(path: Path) -> dict[str, Any]:
@@ -104,6 +106,7 @@ class Bundle:
     settings: TextSettings
     tokens: list[str]  # index = token id
     counts: list[int]  # train count of each token
+    calibration: Calibration  # what turns the model's logits into probabilities and decisions
 
     @classmethod
     def load(cls, folder: Path, verify: Sequence[str] = BUNDLE_FILES) -> Bundle:
@@ -127,7 +130,23 @@ class Bundle:
             raise PipelineError(f"{folder}: text.json names the tokenizer {settings.tokenizer!r}, unknown to pipeline {__version__}; upgrade it")
         if settings.tokenizer == "pretrained" and verify:
             cls._verify(folder, manifest, TOKENIZER)
-        return cls(folder, manifest, labels, settings, tokens, counts)
+        return cls(folder, manifest, labels, settings, tokens, counts, cls._calibration(folder, manifest, labels, bool(verify)))
+
+    @classmethod
+    def _calibration(cls, folder: Path, manifest: dict[str, Any], labels: list[str], verify: bool) -> Calibration:
+        """The bundle's calibration.json (checked with the files it travels with), or, for a bundle
+        exported before calibration existed, the model's own softmax probabilities."""
+        if CALIBRATION not in manifest["files"]:
+            return Calibration.identity(labels, manifest.get("task") == "multilabel")
+        if verify:
+            cls._verify(folder, manifest, CALIBRATION)
+        try:
+            calibration = Calibration.from_json(cls._read_json(folder / CALIBRATION))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PipelineError(f"{folder / CALIBRATION}: malformed ({exc}); rerun the export stage") from None
+        if calibration.labels != labels:
+            raise PipelineError(f"{folder / CALIBRATION} is for other classes than {LABELS}; rerun the export stage")
+        return calibration
 
     @staticmethod
     def _verify(folder: Path, manifest: dict[str, Any], name: str) -> None:

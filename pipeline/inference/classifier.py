@@ -10,7 +10,7 @@ import numpy as np
 
 from pipeline.errors import PipelineError, warn
 from pipeline.inference.bundle import FP32_MODEL, INT8_MODEL, TOKENIZER, Bundle, onnx_session, pad_batch, run_session
-from pipeline.metrics import softmax
+from pipeline.inference.calibration import Calibration
 from pipeline.text.spacy_tokenizer import HashLookup, Hasher
 from pipeline.text.subwords import SubwordTokenizer
 
@@ -102,12 +102,13 @@ class Classifier:
         return self.token_ids(*self.tokenize(texts))
 
     def probabilities(self, ids: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """(texts, classes) float64 probabilities; texts of similar length are run together."""
+        """(texts, classes) float64 probabilities, calibrated as the bundle says (softmax, or a
+        sigmoid per label, of logits / temperature); texts of similar length are run together."""
         result = np.zeros((len(ids), len(self.labels)))
         order = np.argsort([len(x) for x in ids], kind="stable")
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
-            result[rows] = softmax(run_session(self.session, *pad_batch([ids[i] for i in rows])).astype(np.float64))
+            result[rows] = self.bundle.calibration.probabilities(run_session(self.session, *pad_batch([ids[i] for i in rows])))
         return result
 
     def predict(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
@@ -119,8 +120,18 @@ def _short(probability: float) -> float:
     return float(f"{probability:.6g}")
 
 
-def prediction(probabilities: np.ndarray, labels: list[str]) -> dict[str, Any]:
+def prediction(probabilities: np.ndarray, calibration: Calibration, all_probabilities: bool = False) -> dict[str, Any]:
     """What `predict` (after the text) and `serve` answer for one text: the top label, its score
-    and every class's probability."""
-    top = int(probabilities.argmax())
-    return {"label": labels[top], "score": _short(probabilities[top]), "probabilities": {n: _short(p) for n, p in zip(labels, probabilities)}}
+    and every class's probability; for multi-label bundles every label at or above its
+    threshold, most probable first, with its probability (and, asked for, every label's)."""
+    labels = calibration.labels
+    everything = {n: _short(p) for n, p in zip(labels, probabilities)}
+    if not calibration.multilabel:
+        top = int(probabilities.argmax())
+        return {"label": labels[top], "score": _short(probabilities[top]), "probabilities": everything}
+    chosen = np.flatnonzero(probabilities >= np.broadcast_to(calibration.thresholds, len(labels)))
+    chosen = chosen[np.argsort(-probabilities[chosen], kind="stable")]
+    record: dict[str, Any] = {"labels": [labels[i] for i in chosen], "scores": {labels[i]: _short(probabilities[i]) for i in chosen}}
+    if all_probabilities:
+        record["probabilities"] = everything
+    return record

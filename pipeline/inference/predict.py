@@ -34,6 +34,7 @@ from pipeline.data.readers import stream_records, table_format
 from pipeline.errors import PipelineError
 from pipeline.files import ENVIRONMENT_ERRNOS, atomic_file
 from pipeline.inference.bundle import FP32_MODEL, INT8_MODEL, LABELS, TEXT_SETTINGS, VOCAB, Bundle
+from pipeline.inference.calibration import Calibration
 from pipeline.inference.classifier import Classifier, prediction
 from pipeline.system import available_cores
 from pipeline.text.settings import valid_unicode
@@ -73,9 +74,10 @@ def echoed(text: str, limit: int | None) -> str:
     return text if limit is None or len(text) <= limit else text[: limit - 1] + "…"
 
 
-def json_lines(texts: list[str], probabilities: np.ndarray, names: list[str], echo_chars: int | None = None) -> str:
+def json_lines(texts: list[str], probabilities: np.ndarray, calibration: Calibration, echo_chars: int | None = None,
+               all_probabilities: bool = False) -> str:
     return "".join(
-        json.dumps({"text": echoed(text, echo_chars), **prediction(row, names)}, ensure_ascii=False) + "\n"
+        json.dumps({"text": echoed(text, echo_chars), **prediction(row, calibration, all_probabilities)}, ensure_ascii=False) + "\n"
         for text, row in zip(texts, probabilities)
     )
 
@@ -144,6 +146,7 @@ def predict_lines(
     workers: int | None = None,
     flush: bool = True,
     echo_chars: int | None = None,
+    all_probabilities: bool = False,
 ) -> int:
     """Write one JSON line per text to `out`, chunk by chunk in input order (flushed after each
     when `flush`); returns the number of texts. An exception of `texts` is raised after the
@@ -164,7 +167,7 @@ def predict_lines(
         chunk, result = pending.popleft()
         tokens, lengths = Workers.result(result)
         probabilities = classifier.probabilities(classifier.token_ids(tokens, lengths), batch_size)
-        out.write(json_lines(chunk, probabilities, bundle.labels, echo_chars))
+        out.write(json_lines(chunk, probabilities, bundle.calibration, echo_chars, all_probabilities))
         if flush:
             out.flush()
         count += len(chunk)
@@ -245,6 +248,7 @@ def run_predict(
     batch_size: int = 64,
     workers: int | None = None,
     echo_chars: int | None = None,
+    all_probabilities: bool = False,
 ) -> Predicted:
     """Classify the texts (arguments, `file`, or stdin) into JSON Lines on stdout, or atomically
     into `out`; each line echoes its text cut to `echo_chars` (None: whole)."""
@@ -262,7 +266,7 @@ def run_predict(
     else:
         raise PipelineError("no texts to classify: pass them as arguments, with --file, or on stdin (one per line)")
     source = result.valid(source)
-    options = {"int8": int8, "batch_size": batch_size, "workers": workers, "echo_chars": echo_chars}
+    options = {"int8": int8, "batch_size": batch_size, "workers": workers, "echo_chars": echo_chars, "all_probabilities": all_probabilities}
     started = time.perf_counter()
     if out is None:
         try:

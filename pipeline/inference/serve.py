@@ -2,6 +2,8 @@
 
     POST /predict   {"text": "..."} -> {"label", "score", "probabilities"}
                     {"texts": ["...", ...]} -> {"predictions": [{"label", "score", "probabilities"}, ...]}
+                    multi-label bundles: {"labels": [...], "scores": {...}} per text, and with
+                    "all_probabilities": true every label's probability too
     GET  /health    {"status": "ok"}, or 503 {"status": "unavailable"} when it cannot classify
     GET  /metadata  labels, arch, model file, checksums, versions, limits
 
@@ -77,6 +79,7 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     text: str | None = None
     texts: list[str] | None = None
+    all_probabilities: bool = False  # multi-label bundles: every label's probability beside the labels chosen
 
     @model_validator(mode="after")
     def _one_of(self) -> PredictRequest:
@@ -264,14 +267,14 @@ def create_app(bundle_dir: Path, int8: bool = True, limits: Limits = Limits(), t
     replaced = [0]  # invalid characters replaced by U+FFFD, over every request
 
     async def predict(request: Request) -> JSONResponse:
-        texts, single = await request_texts(request, limits)
+        texts, single, everything = await request_texts(request, limits)
         cleaned = [valid_unicode(text) for text in texts]
         texts = [text for text, _ in cleaned]
         replaced[0] += sum(count for _, count in cleaned)
         rows = await batcher.probabilities(texts) if texts else np.zeros((0, len(labels)))
         if single:
-            return JSONResponse(prediction(rows[0], labels))
-        return JSONResponse({"predictions": [prediction(row, labels) for row in rows]})
+            return JSONResponse(prediction(rows[0], bundle.calibration, everything))
+        return JSONResponse({"predictions": [prediction(row, bundle.calibration, everything) for row in rows]})
 
     async def health(request: Request) -> JSONResponse:
         try:  # a text through the tokenizing process (replaced if it died), beside the batch queue: load is not ill health
@@ -338,8 +341,9 @@ async def read_body(request: Request, limits: Limits) -> bytes:
     return bytes(body)
 
 
-async def request_texts(request: Request, limits: Limits) -> tuple[list[str], bool]:
-    """The request's texts, checked against the limits, and whether it sent one `text`."""
+async def request_texts(request: Request, limits: Limits) -> tuple[list[str], bool, bool]:
+    """The request's texts, checked against the limits, whether it sent one `text`, and whether it
+    asks for every label's probability (`"all_probabilities": true`, for multi-label bundles)."""
     body = await read_body(request, limits)
     try:
         data = json.loads(body)
@@ -358,7 +362,7 @@ async def request_texts(request: Request, limits: Limits) -> tuple[list[str], bo
     longest = max((len(t) for t in texts), default=0)
     if longest > limits.max_text_chars:
         raise Refused(413, f"a text of {longest:,} characters; at most {limits.max_text_chars:,} (--max-text-chars)")
-    return texts, parsed.text is not None
+    return texts, parsed.text is not None, parsed.all_probabilities
 
 
 class _ShapeError(Refused):

@@ -41,6 +41,7 @@ from pipeline import __version__
 from pipeline.data.tokenized import TokenizedSplit
 from pipeline.inference.bundle import (
     BUNDLE_FORMAT,
+    CALIBRATION,
     FP32_MODEL,
     INT8_MODEL,
     LABELS,
@@ -55,10 +56,10 @@ from pipeline.inference.bundle import (
     run_session,
     session_logits,
 )
+from pipeline.inference.calibration import Calibration
 from pipeline.inference.classifier import Classifier
 from pipeline.errors import PipelineError
-from pipeline.files import stage_outputs, write_json
-from pipeline.metrics import classification_metrics
+from pipeline.files import read_json, stage_outputs, write_json
 from pipeline.params import ExportParams, Params
 from pipeline.system import available_cores
 from pipeline.training.checkpoint import load_scoring_inputs, model_from_checkpoint
@@ -170,12 +171,15 @@ def check_gate(
     fp32_session,
     int8_session,
     config: ExportParams,
+    calibration: Calibration | None = None,
 ) -> dict[str, np.ndarray | float]:
     """The export gate: PyTorch and the two ONNX graphs on the whole test split and the edge
     inputs. Raises a PipelineError, and so stops the stage before the bundle replaces the
     previous one, if fp32 logits differ from PyTorch's by more than `config.max_abs_diff` or
-    any argmax differs, or if int8 accuracy is more than `config.max_int8_drop` below
+    any decision differs (the top class; for label sets, each label at its threshold), or if
+    int8's test accuracy (label sets: micro-F1) is more than `config.max_int8_drop` below
     PyTorch's. Returns the logits and differences for the report."""
+    calibration = calibration or Calibration.identity([], test.multilabel)
     torch_logits = predict_logits(model, test, config.batch_size, torch.device("cpu"))
     fp32_logits = session_logits(fp32_session, test, config.batch_size)
     int8_logits = session_logits(int8_session, test, config.batch_size)
@@ -190,23 +194,39 @@ def check_gate(
             f"export gate: ONNX fp32 logits differ from PyTorch's by up to {fp32_diff:.3g} (export.max_abs_diff {config.max_abs_diff:g}); "
             "the exported graph is wrong: the bundle was not replaced"
         )
-    flipped = int((fp32_logits.argmax(1) != torch_logits.argmax(1)).sum()) + int((edge_fp32.argmax(1) != edge_torch.argmax(1)).sum())
+    decide = calibration.decisions
+    flipped = int(differing(decide(fp32_logits), decide(torch_logits))) + int(differing(decide(edge_fp32), decide(edge_torch)))
     if flipped:
         raise PipelineError(
-            f"export gate: ONNX fp32 predicts another class than PyTorch for {flipped} inputs; "
+            f"export gate: ONNX fp32 {'decides a label otherwise' if test.multilabel else 'predicts another class'} than PyTorch for {flipped} inputs; "
             "the exported graph is wrong: the bundle was not replaced"
         )
-    actual = test.labels.astype(np.int64)
-    torch_accuracy = float((torch_logits.argmax(1) == actual).mean()) if len(actual) else 0.0
-    int8_accuracy = float((int8_logits.argmax(1) == actual).mean()) if len(actual) else 0.0
-    drop = torch_accuracy - int8_accuracy
+    quality = "micro-F1" if test.multilabel else "accuracy"
+    torch_score, int8_score = (gate_score(logits, test.labels, calibration) for logits in (torch_logits, int8_logits))
+    drop = torch_score - int8_score
     if drop > config.max_int8_drop + 1e-12:
         raise PipelineError(
-            f"export gate: int8 test accuracy {int8_accuracy:.4f} is {drop * 100:.2f} points below PyTorch's {torch_accuracy:.4f} "
+            f"export gate: int8 test {quality} {int8_score:.4f} is {drop * 100:.2f} points below PyTorch's {torch_score:.4f} "
             f"(export.max_int8_drop {config.max_int8_drop:g}); raise export.int8_min_weights to keep more weights fp32, "
             "or raise export.max_int8_drop: the bundle was not replaced"
         )
     return {"torch": torch_logits, "fp32": fp32_logits, "int8": int8_logits, "fp32_diff": fp32_diff, "int8_diff": int8_diff}
+
+
+def differing(a: np.ndarray, b: np.ndarray) -> int:
+    """Inputs whose decisions differ: the top class, or any label's."""
+    return int((a != b).any(1).sum()) if a.ndim == 2 else int((a != b).sum())
+
+
+def gate_score(logits: np.ndarray, actual: np.ndarray, calibration: Calibration) -> float:
+    """Test accuracy; for label sets micro-F1 at the bundle's thresholds."""
+    if not len(actual):
+        return 0.0
+    decided = calibration.decisions(logits)
+    if actual.ndim == 1:
+        return float((decided == actual).mean())
+    truth = actual.astype(bool)
+    return float(2 * (decided & truth).sum() / max(decided.sum() + truth.sum(), 1))
 
 
 def time_blocks(
@@ -283,28 +303,32 @@ def run_export(
     out_dir: Path,
     report_path: Path,
     runtime_path: Path | None = None,
+    calibration_path: Path | None = None,
 ) -> dict[str, float]:
     """Export, quantize, check and measure; write the bundle, the report (accuracy, parity,
     sizes: metrics) and, given a path, the runtime numbers (latency, throughput: they swing
-    between identical runs, so they are kept out of `dvc metrics diff`). Returns both together."""
+    between identical runs, so they are kept out of `dvc metrics diff`). Returns both together.
+    The bundle's calibration is evaluate's (`calibration_path`), as export.calibrate asks; without
+    a path, the model's own probabilities (labels at 0.5)."""
     config = params.export
     started = time.perf_counter()
     threads = config.threads or available_cores()
     torch.set_num_threads(threads)
     checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_dir)
+    calibration = bundle_calibration(calibration_path, labels, test.multilabel, config.calibrate)
     model = model_from_checkpoint(checkpoint)
     with stage_outputs() as outputs:
         bundle_dir = outputs.folder(out_dir)
-        manifest = write_bundle(model, checkpoint, processed, bundle_dir, config)
+        manifest = write_bundle(model, checkpoint, processed, bundle_dir, config, calibration)
         bundle = Bundle.load(bundle_dir, verify=())  # the checksums were just taken from these very files
         fp32 = onnx_session(bundle_dir / FP32_MODEL, threads)
         classifier = Classifier(bundle, int8=True, threads=threads)
         manifest["tokenizer"] = classifier.tokenizer_record()
         write_json(bundle_dir / MANIFEST, manifest)
         checked = check_tokenizer(classifier, texts, test, np.random.default_rng(config.seed))
-        gate = check_gate(model, test, fp32, classifier.session, config)
+        gate = check_gate(model, test, fp32, classifier.session, config, calibration)
         speed = measure_speed(engines(model, fp32, classifier.session), test, config)
-        report = {**export_report(gate, test.labels.astype(np.int64), labels, manifest), "tokenizer_checked_documents": checked}
+        report = {**export_report(gate, test.labels, calibration, manifest), "tokenizer_checked_documents": checked}
         runtime = {
             **speed,
             "int8_speedup_batch1": round(speed["latency_ms_batch1_torch_fp32"] / speed["latency_ms_batch1_onnx_int8"], 3),
@@ -320,9 +344,24 @@ def run_export(
     return {**report, **runtime}
 
 
-def write_bundle(model: torch.nn.Module, checkpoint: dict, processed: Path, bundle_dir: Path, config: ExportParams) -> dict:
-    """The ONNX graphs (fp32, int8), the tokenizer's files from data/processed and the manifest,
-    into `bundle_dir`; returns the manifest."""
+def bundle_calibration(path: Path | None, labels: list[str], multilabel: bool, calibrate: bool) -> Calibration:
+    """What the bundle applies to the model's logits: evaluate's fit (the calibrated variant, or
+    the raw one with its own thresholds), checked to be for these classes."""
+    if path is None:
+        return Calibration.identity(labels, multilabel)
+    fitted = read_json(path, "run the evaluate stage first (dvc repro evaluate)")
+    try:
+        calibration = Calibration.from_json(fitted, calibrated=calibrate)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PipelineError(f"{path}: not a calibration of this pipeline ({exc}); rerun the evaluate stage") from None
+    if calibration.labels != labels or calibration.multilabel != multilabel:
+        raise PipelineError(f"{path} was fitted for other classes than the tokenized data's; rerun the evaluate stage (dvc repro)")
+    return calibration
+
+
+def write_bundle(model: torch.nn.Module, checkpoint: dict, processed: Path, bundle_dir: Path, config: ExportParams, calibration: Calibration) -> dict:
+    """The ONNX graphs (fp32, int8), the tokenizer's files from data/processed, the calibration
+    and the manifest, into `bundle_dir`; returns the manifest."""
     pretrained = checkpoint["text"].get("tokenizer") == "pretrained"
     text_files = (VOCAB, LABELS, TEXT_SETTINGS, TOKENIZER) if pretrained else (VOCAB, LABELS, TEXT_SETTINGS)
     export_onnx(model, checkpoint["vocab_size"], bundle_dir / FP32_MODEL, config.opset)
@@ -332,13 +371,17 @@ def write_bundle(model: torch.nn.Module, checkpoint: dict, processed: Path, bund
         if not source.is_file():
             raise PipelineError(f"{source} not found; rerun the tokenize stage")
         shutil.copyfile(source, bundle_dir / name)
+    write_json(bundle_dir / CALIBRATION, {**calibration.to_json(), "calibrated": config.calibrate})
+    text_files = (*text_files, CALIBRATION)
     manifest = {
         "format": BUNDLE_FORMAT,
         "pipeline_version": __version__,
         "arch": checkpoint["model_config"]["arch"],
+        "task": "multilabel" if calibration.multilabel else "multiclass",
         "opset": config.opset,
         "inputs": {"ids": "int64 [batch, time], token ids right-padded with 0", "lengths": "int64 [batch]"},
-        "outputs": {"logits": "float32 [batch, classes], in labels.json order"},
+        "outputs": {"logits": "float32 [batch, classes], in labels.json order; calibration.json turns them into probabilities "
+                    "(softmax, or a sigmoid per label, of logits / temperature) and, per label, decisions"},
         "int8_quantized_ops": int8_ops,
         "versions": library_versions(pretrained),
         "params": {
@@ -362,18 +405,19 @@ def engines(model: torch.nn.Module, fp32_session, int8_session) -> dict[str, Cal
     return {"torch_fp32": torch_call, "onnx_fp32": lambda *x: run_session(fp32_session, *x), "onnx_int8": lambda *x: run_session(int8_session, *x)}
 
 
-def export_report(gate: dict, actual: np.ndarray, labels: list[str], manifest: dict) -> dict:
-    """What export.json says: accuracy of each engine, int8's drop and agreement, parity, sizes."""
-    torch_logits, int8_logits = gate["torch"], gate["int8"]
-    accuracy = {name: classification_metrics(gate[key], actual, labels)["accuracy"] for name, key in
-                (("torch_fp32", "torch"), ("onnx_fp32", "fp32"), ("onnx_int8", "int8"))}
+def export_report(gate: dict, actual: np.ndarray, calibration: Calibration, manifest: dict) -> dict:
+    """What export.json says: accuracy (label sets: micro-F1 at the bundle's thresholds) of each
+    engine, int8's drop and agreement (every decision of a text the same), parity, sizes."""
+    quality = "micro_f1" if actual.ndim == 2 else "accuracy"
+    score = {name: gate_score(gate[key], actual, calibration) for name, key in (("torch_fp32", "torch"), ("onnx_fp32", "fp32"), ("onnx_int8", "int8"))}
+    torch_decisions, int8_decisions = calibration.decisions(gate["torch"]), calibration.decisions(gate["int8"])
     fp32_bytes, int8_bytes = manifest["files"][FP32_MODEL]["bytes"], manifest["files"][INT8_MODEL]["bytes"]
     return {
-        "torch_fp32_accuracy": accuracy["torch_fp32"],
-        "onnx_fp32_accuracy": accuracy["onnx_fp32"],
-        "onnx_int8_accuracy": accuracy["onnx_int8"],
-        "onnx_int8_accuracy_drop": round(accuracy["torch_fp32"] - accuracy["onnx_int8"], 6),
-        "onnx_int8_agreement": round(float((int8_logits.argmax(1) == torch_logits.argmax(1)).mean()), 6),
+        f"torch_fp32_{quality}": score["torch_fp32"],
+        f"onnx_fp32_{quality}": score["onnx_fp32"],
+        f"onnx_int8_{quality}": score["onnx_int8"],
+        f"onnx_int8_{quality}_drop": round(score["torch_fp32"] - score["onnx_int8"], 6),
+        "onnx_int8_agreement": round(1 - differing(int8_decisions, torch_decisions) / max(len(actual), 1), 6),
         "onnx_fp32_max_abs_diff": float(gate["fp32_diff"]),
         "onnx_int8_max_abs_diff": float(gate["int8_diff"]),
         "onnx_fp32_bytes": fp32_bytes,

@@ -1,0 +1,58 @@
+"""From a model's logits to the probabilities and decisions a bundle gives: the temperature(s)
+that calibrate them and, for multi-label data, each label's decision threshold.
+
+The evaluate stage fits them on the validation split (reports/calibration.json); the export
+stage puts the variant export.calibrate asks for into the bundle (calibration.json); predict
+and serve apply it. NumPy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from pipeline.metrics import probabilities
+
+
+@dataclass(frozen=True)
+class Calibration:
+    multilabel: bool
+    labels: list[str]
+    temperature: np.ndarray | float = 1.0  # one, or one per label for multi-label data
+    thresholds: np.ndarray | float | None = None  # multi-label: the probability at or above which a label is predicted
+
+    @classmethod
+    def identity(cls, labels: list[str], multilabel: bool) -> Calibration:
+        """The model's own probabilities; labels at 0.5."""
+        return cls(multilabel, labels, 1.0, 0.5 if multilabel else None)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], calibrated: bool = True) -> Calibration:
+        """Read what evaluate wrote (or a bundle's calibration.json): the calibrated variant, or
+        the model's own probabilities with the thresholds tuned on them (`calibrated` false)."""
+        labels, multilabel = list(data["labels"]), data["task"] == "multilabel"
+        temperature = data["temperature"] if calibrated else 1.0
+        if isinstance(temperature, dict):
+            temperature = np.array([temperature[name] for name in labels], dtype=np.float64)
+        key = "thresholds" if calibrated or "thresholds_uncalibrated" not in data else "thresholds_uncalibrated"
+        thresholds = np.array([data[key][name] for name in labels], dtype=np.float64) if multilabel else None
+        return cls(multilabel, labels, temperature, thresholds)
+
+    def to_json(self) -> dict[str, Any]:
+        temperature = (dict(zip(self.labels, np.round(np.broadcast_to(self.temperature, len(self.labels)), 6).tolist())) if self.multilabel
+                       else round(float(self.temperature), 6))
+        data: dict[str, Any] = {"task": "multilabel" if self.multilabel else "multiclass", "labels": self.labels, "temperature": temperature}
+        if self.multilabel:
+            data["thresholds"] = dict(zip(self.labels, np.round(np.broadcast_to(self.thresholds, len(self.labels)), 6).tolist()))
+        return data
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return probabilities(logits, self.multilabel, self.temperature)
+
+    def decisions(self, logits: np.ndarray) -> np.ndarray:
+        """The predicted class per text, or the 0/1 label decisions at the thresholds."""
+        if not self.multilabel:
+            return logits.argmax(1)
+        return self.probabilities(logits) >= self.thresholds
