@@ -173,6 +173,7 @@ TYPE = [
     ("download.dedup", "yes", "valid boolean"),
     ("export.max_abs_diff", "0.001", "valid number"),
     ("export.max_int8_drop", "0.01", "valid number"),
+    ("export.calibrate", "on", "valid boolean"),
     ("baseline.enabled", "on", "valid boolean"),
     ("baseline.analyzer", 1, "Input should be 'auto', 'word' or 'char'"),
     ("baseline.min_df", "2", "valid integer"),

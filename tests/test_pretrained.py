@@ -124,7 +124,7 @@ def test_checkpoint_rebuilds_the_model_without_its_source(processed, tiny_bert, 
     report = run_train(pretrained_params(source, max_epochs=1, monitor="loss"), processed, out / "models", out / "train.json",
                        out / "live", out / "resume", runtime_path=out / "runtime.json", progress=False)
     runtime = json.loads((out / "runtime.json").read_text())
-    assert runtime["arch"] == "pretrained" and (runtime["lr"], runtime["batch_size"], runtime["warmup"]) == (1e-3, 32, 0.1)  # nulls: fine-tuning's
+    assert runtime["arch"] == "pretrained" and (runtime["lr"], runtime["batch_size"], runtime["warmup"]) == (1e-3, 32, 0.3)  # nulls: fine-tuning's (warmup in epochs)
     shutil.rmtree(source)  # evaluate and export never need the source folder
     checkpoint = load_checkpoint(out / "models" / "best.pt")
     assert checkpoint["encoder_config"]["model_type"] == "bert" and checkpoint["text"]["tokenizer"] == "pretrained"
