@@ -187,9 +187,10 @@ def export(
         from pipeline.stages.export import run_export
 
         r = run_export(load_params(params), checkpoint, data, raw, out, report, runtime, calibration)
+        quality = "micro_f1" if "torch_fp32_micro_f1" in r else "accuracy"
         typer.echo(
-            f"export: accuracy torch {r['torch_fp32_accuracy']:.4f}, onnx fp32 {r['onnx_fp32_accuracy']:.4f}, "
-            f"int8 {r['onnx_int8_accuracy']:.4f}; max |logit diff| {r['onnx_fp32_max_abs_diff']:.1e}; "
+            f"export: {quality.replace('_f1', '-F1')} torch {r[f'torch_fp32_{quality}']:.4f}, onnx fp32 {r[f'onnx_fp32_{quality}']:.4f}, "
+            f"int8 {r[f'onnx_int8_{quality}']:.4f}; max |logit diff| {r['onnx_fp32_max_abs_diff']:.1e}; "
             f"int8 {r['onnx_int8_bytes'] / 1e6:.1f} MB ({r['onnx_int8_size_ratio']:.0%} of fp32), "
             f"batch-1 p50 {r['latency_ms_batch1_onnx_int8']:.3f} ms ({r['int8_speedup_batch1']:.1f}x torch) -> {out}"
         )
@@ -212,8 +213,10 @@ def baseline(
         if not result:
             typer.echo(f"baseline: switched off (baseline.enabled) -> {report}")
             return
+        scores = (f"test macro-F1 {result['macro_f1']:.4f}, micro-F1 {result['micro_f1']:.4f} (tuned thresholds)" if "micro_f1" in result
+                  else f"test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}")
         typer.echo(
-            f"baseline: test accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f} "
+            f"baseline: {scores} "
             f"({result['analyzer']}, C {result['C']:g}, {result['features']:,} features, {result['seconds']:.0f} s) -> {report}"
         )
 

@@ -70,6 +70,8 @@ def metrics_from_counts(counts: np.ndarray, loss: float, labels: list[str]) -> d
 
 
 # --- multi-label ------------------------------------------------------------------------------
+MISSED, NONE = "(missed)", "(none)"  # the other side of a label-set confusion row (reports/confusion.csv)
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits))  # exp-free: no overflow for large logits
 
@@ -94,6 +96,38 @@ def multilabel_tally(logits: np.ndarray, actual: np.ndarray, thresholds: np.ndar
     right = (decided == truth)
     extra = [bce_sum(logits, actual), float(right.all(1).sum()), float((~right).sum()), float(len(actual))]
     return np.concatenate([counts.ravel(), extra])
+
+
+THRESHOLD_BINS = 100  # validation during training tunes each label's threshold to the nearest 0.01
+
+
+def threshold_histogram(logits: np.ndarray, actual: np.ndarray) -> np.ndarray:
+    """Per label, how many texts that hold it (row 0) and that do not (row 1) fall in each of
+    THRESHOLD_BINS probability bins: the sums (shards add up) from which best_threshold_scores
+    finds each label's best threshold without every shard's probabilities in one place."""
+    classes = actual.shape[1]
+    bins = np.minimum((sigmoid(logits.astype(np.float64)) * THRESHOLD_BINS).astype(np.int64), THRESHOLD_BINS - 1)
+    flat_bins = bins + THRESHOLD_BINS * np.arange(classes)  # label-major: one bincount for every label
+    truth = actual.astype(bool)
+    size = classes * THRESHOLD_BINS
+    positive = np.bincount(flat_bins[truth], minlength=size)
+    negative = np.bincount(flat_bins[~truth], minlength=size)
+    return np.stack([positive, negative]).astype(np.float64).ravel()
+
+
+def best_threshold_scores(histogram: np.ndarray, classes: int) -> dict[str, float]:
+    """Macro- and micro-F1 with each label at its best threshold on these texts (bin edges of
+    threshold_histogram): what evaluate's tuned thresholds aim at, so a fair early-stopping
+    signal for label sets, where a 0.5 threshold leaves rare labels at F1 0."""
+    positive, negative = histogram.reshape(2, classes, THRESHOLD_BINS)
+    hits = np.cumsum(positive[:, ::-1], 1)[:, ::-1]  # at the threshold of bin k: texts in bins >= k
+    predicted = hits + np.cumsum(negative[:, ::-1], 1)[:, ::-1]
+    support = positive.sum(1, keepdims=True)
+    f1 = np.divide(2 * hits, predicted + support, out=np.zeros_like(hits), where=predicted + support > 0)
+    best = f1.argmax(1)
+    rows = np.arange(classes)
+    right, chosen = hits[rows, best].sum(), predicted[rows, best].sum()
+    return {"macro_f1": float(f1[rows, best].mean()), "micro_f1": float(2 * right / max(chosen + support.sum(), 1))}
 
 
 def multilabel_metrics_from_tally(tally: np.ndarray, labels: list[str]) -> dict[str, float]:
@@ -133,12 +167,14 @@ def scores(logits: np.ndarray, actual: np.ndarray, labels: list[str], thresholds
 
 # --- calibration and thresholds -----------------------------------------------------------------
 ECE_BINS = 15
+TEMPERATURE_RANGE = (0.05, 20.0)  # what calibration may fit
 
 
-def probabilities(logits: np.ndarray, multilabel: bool, temperature: np.ndarray | float = 1.0) -> np.ndarray:
-    """Softmax over classes, or a sigmoid per label, of `logits / temperature` (float64)."""
+def probabilities(logits: np.ndarray, multilabel: bool, temperature: np.ndarray | float = 1.0, bias: np.ndarray | float = 0.0) -> np.ndarray:
+    """Softmax over classes of `logits / temperature`, or a sigmoid per label of
+    `logits / temperature + bias` (float64)."""
     scaled = logits.astype(np.float64) / temperature
-    return sigmoid(scaled) if multilabel else softmax(scaled)
+    return sigmoid(scaled + bias) if multilabel else softmax(scaled)
 
 
 def calibration_scores(probs: np.ndarray, actual: np.ndarray) -> dict[str, float]:
@@ -184,7 +220,7 @@ def fit_temperature(logits: np.ndarray, actual: np.ndarray) -> np.ndarray | floa
         return np.array([log_loss_sum(logits.astype(np.float64) / value, actual) for value in np.atleast_1d(t)])
 
     shape = (actual.shape[1],) if multilabel else (1,)
-    low, high = np.full(shape, np.log(0.05)), np.full(shape, np.log(20.0))
+    low, high = np.full(shape, np.log(TEMPERATURE_RANGE[0])), np.full(shape, np.log(TEMPERATURE_RANGE[1]))
     ratio = (np.sqrt(5) - 1) / 2
     for _ in range(60):
         a, b = high - ratio * (high - low), low + ratio * (high - low)
@@ -192,6 +228,47 @@ def fit_temperature(logits: np.ndarray, actual: np.ndarray) -> np.ndarray | floa
         high, low = np.where(left, b, high), np.where(left, low, a)
     best = np.exp((low + high) / 2)
     return best if multilabel else float(best[0])
+
+
+def fit_platt(logits: np.ndarray, actual: np.ndarray, iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """Per label, the temperature T and bias b of `sigmoid(logit / T + b)` that minimize its
+    validation loss (Platt scaling, with Platt's smoothed targets so that a label the model
+    separates perfectly does not push T to 0). A temperature alone cannot fix a label whose
+    probabilities are all too low; the bias can. T stays in TEMPERATURE_RANGE, so each label's
+    ranking (and so its best threshold's F1) is unchanged. Damped Newton steps, all labels at once."""
+    x, y = logits.astype(np.float64), actual.astype(np.float64)
+    positives = y.sum(0)
+    negatives = len(y) - positives
+    target = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))
+
+    def loss(scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        z = scale * x + bias
+        return (np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z)))).mean(0)
+
+    low, high = 1 / TEMPERATURE_RANGE[1], 1 / TEMPERATURE_RANGE[0]
+    scale, bias = np.ones(x.shape[1]), np.zeros(x.shape[1])
+    current = loss(scale, bias)
+    for _ in range(iterations):
+        p = sigmoid(scale * x + bias)
+        residual, weight = p - target, p * (1 - p)
+        grad_scale, grad_bias = (residual * x).mean(0), residual.mean(0)
+        h_ss, h_sb, h_bb = (weight * x * x).mean(0) + 1e-9, (weight * x).mean(0), weight.mean(0) + 1e-9
+        det = np.maximum(h_ss * h_bb - h_sb**2, 1e-18)
+        step_scale, step_bias = (h_bb * grad_scale - h_sb * grad_bias) / det, (h_ss * grad_bias - h_sb * grad_scale) / det
+        size = np.ones_like(scale)
+        for _ in range(30):  # halve each label's step until its loss does not rise
+            candidate_scale, candidate_bias = np.clip(scale - size * step_scale, low, high), bias - size * step_bias
+            candidate = loss(candidate_scale, candidate_bias)
+            worse = candidate > current + 1e-12
+            if not worse.any():
+                break
+            size = np.where(worse, size / 2, size)
+        keep = candidate <= current + 1e-12
+        scale, bias = np.where(keep, candidate_scale, scale), np.where(keep, candidate_bias, bias)
+        if np.all(np.abs(current - candidate) < 1e-10):
+            break
+        current = np.where(keep, candidate, current)
+    return 1 / scale, bias
 
 
 def tune_thresholds(probs: np.ndarray, actual: np.ndarray) -> np.ndarray:

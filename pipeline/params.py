@@ -285,7 +285,7 @@ class TrainParams(Section):
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
     eval_every: int | None = Field(default=None, ge=1)  # validate every N optimizer steps; null: every epoch
     # validation metric for the best checkpoint and early stopping; auto: accuracy, or for multi-label data
-    # loss (subset accuracy and F1 at 0.5 say little before the thresholds are tuned)
+    # macro_f1 (there: with each label at its best threshold on validation, as evaluate tunes them)
     monitor: Literal["auto", "loss", "accuracy", "macro_f1"] = "auto"
     class_weights: Literal["none", "balanced"] = "none"  # balanced: inverse class frequency in the loss (per-label positive weights for multi-label data)
     mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max otherwise

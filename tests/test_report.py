@@ -13,14 +13,14 @@ import pytest
 from conftest import assert_user_error, invoke
 
 CHROMIUM = next((path for name in ("chromium", "chromium-browser", "google-chrome") if (path := shutil.which(name))), None)
-FIGURES = ["figure-balance", "figure-lengths", "figure-curves", "figure-confusion"]
+FIGURES = ["figure-balance", "figure-lengths", "figure-curves", "figure-confusion", "figure-reliability"]
 
 
 @pytest.fixture(scope="module")
 def report(project) -> Path:
     result = invoke("report", cwd=project)
     assert result.returncode == 0, result.stderr
-    assert "4 figures" in result.stdout
+    assert "5 figures" in result.stdout
     return project / "reports" / "report.html"
 
 
@@ -31,7 +31,8 @@ def test_report_shows_every_part_and_is_self_contained(project, report):
     metrics = json.loads((project / "reports" / "metrics.json").read_text())
     export = json.loads((project / "reports" / "export.json").read_text())
     assert f"{metrics['accuracy']:,.4f}" in page and f"{export['onnx_int8_accuracy']:,.4f}" in page
-    for text in ("Class balance", "Text length", "Loss", "Confusion matrix", "most confident mistakes", "batch-1 latency", "max_epochs: 3"):
+    for text in ("Class balance", "Text length", "Loss", "Confusion matrix", "most confident mistakes", "batch-1 latency", "max_epochs: 3",
+                 "Reliability (test)", f"{metrics['ece']:,.4f}", f"{metrics['ece_uncalibrated']:,.4f}"):
         assert text in page, text
     # per-class rows, and the misclassified examples from errors.csv, escaped
     assert "<td>neg</td>" in page and "<td>pos</td>" in page

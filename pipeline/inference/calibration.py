@@ -22,6 +22,7 @@ class Calibration:
     labels: list[str]
     temperature: np.ndarray | float = 1.0  # one, or one per label for multi-label data
     thresholds: np.ndarray | float | None = None  # multi-label: the probability at or above which a label is predicted
+    bias: np.ndarray | float = 0.0  # multi-label: added to each label's logit / temperature (Platt scaling)
 
     @classmethod
     def identity(cls, labels: list[str], multilabel: bool) -> Calibration:
@@ -38,18 +39,24 @@ class Calibration:
             temperature = np.array([temperature[name] for name in labels], dtype=np.float64)
         key = "thresholds" if calibrated or "thresholds_uncalibrated" not in data else "thresholds_uncalibrated"
         thresholds = np.array([data[key][name] for name in labels], dtype=np.float64) if multilabel else None
-        return cls(multilabel, labels, temperature, thresholds)
+        bias = np.array([data["bias"][name] for name in labels], dtype=np.float64) if multilabel and calibrated and "bias" in data else 0.0
+        return cls(multilabel, labels, temperature, thresholds, bias)
 
     def to_json(self) -> dict[str, Any]:
         temperature = (dict(zip(self.labels, np.round(np.broadcast_to(self.temperature, len(self.labels)), 6).tolist())) if self.multilabel
                        else round(float(self.temperature), 6))
         data: dict[str, Any] = {"task": "multilabel" if self.multilabel else "multiclass", "labels": self.labels, "temperature": temperature}
         if self.multilabel:
+            data["bias"] = dict(zip(self.labels, np.round(np.broadcast_to(self.bias, len(self.labels)), 6).tolist()))
             data["thresholds"] = dict(zip(self.labels, np.round(np.broadcast_to(self.thresholds, len(self.labels)), 6).tolist()))
         return data
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return probabilities(logits, self.multilabel, self.temperature)
+        return probabilities(logits, self.multilabel, self.temperature, self.bias)
+
+    def scaled_logits(self, logits: np.ndarray) -> np.ndarray:
+        """The logits whose softmax (sigmoid per label) is `probabilities`."""
+        return logits.astype(np.float64) / self.temperature + self.bias
 
     def decisions(self, logits: np.ndarray) -> np.ndarray:
         """The predicted class per text, or the 0/1 label decisions at the thresholds."""

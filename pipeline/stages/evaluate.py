@@ -1,9 +1,10 @@
 """`evaluate` stage: the best checkpoint on the test split -> metrics, confusion rows, worst
 errors, and the calibration the bundle uses.
 
-On the validation split it fits the temperature that calibrates the model's probabilities (one,
-or one per label for multi-label data; Guo et al. 2017) and, for multi-label data, one decision
-threshold per label (the one that maximizes the label's validation F1). Then on test:
+On the validation split it fits what calibrates the model's probabilities: one temperature
+(Guo et al. 2017), or for multi-label data a temperature and a bias per label (Platt scaling),
+and, for multi-label data, one decision threshold per label (the one that maximizes the label's
+validation F1). Then on test:
 
 reports/metrics.json      multiclass: accuracy, macro_f1, loss, documents, per class precision /
                           recall / F1; multi-label: subset accuracy, macro_f1 and micro_f1 at the
@@ -30,14 +31,13 @@ import torch
 from pipeline.data.tokenized import TokenizedSplit
 from pipeline.files import stage_outputs
 from pipeline.inference.calibration import Calibration
-from pipeline.metrics import calibration_scores, fit_temperature, probabilities, reliability, scores, tune_thresholds
+from pipeline.metrics import MISSED, NONE, calibration_scores, fit_platt, fit_temperature, probabilities, reliability, scores, tune_thresholds
 from pipeline.params import Params
 from pipeline.system import available_cores
 from pipeline.training.checkpoint import load_scoring_inputs, model_from_checkpoint
 from pipeline.training.device import resolve_device
 from pipeline.training.loader import predict_logits
 
-MISSED, NONE = "(missed)", "(none)"  # the other side of a label-set confusion row
 
 
 def run_evaluate(
@@ -79,9 +79,12 @@ def calibrate(logits: np.ndarray, actual: np.ndarray, labels: list[str]) -> dict
     label sets, the thresholds tuned on the calibrated probabilities and on the raw ones
     (export.calibrate picks the variant; `Calibration.from_json` reads it)."""
     multilabel = actual.ndim == 2
-    temperature = fit_temperature(logits, actual)
-    thresholds = tune_thresholds(probabilities(logits, True, temperature), actual) if multilabel else None
-    data = Calibration(multilabel, labels, temperature, thresholds).to_json()
+    if multilabel:
+        temperature, bias = fit_platt(logits, actual)
+        thresholds = tune_thresholds(probabilities(logits, True, temperature, bias), actual)
+        data = Calibration(multilabel, labels, temperature, thresholds, bias).to_json()
+    else:
+        data = Calibration(multilabel, labels, fit_temperature(logits, actual)).to_json()
     if multilabel:
         data["thresholds_uncalibrated"] = dict(zip(labels, np.round(tune_thresholds(probabilities(logits, True), actual), 6).tolist()))
     return data
@@ -95,7 +98,7 @@ def test_metrics(logits: np.ndarray, actual: np.ndarray, labels: list[str], fitt
     calibrated, raw = calibration.probabilities(logits), probabilities(logits, multilabel)
     metrics = scores(logits, actual, labels)  # the loss of the model's own probabilities; the top class is the same either way
     if multilabel:
-        scaled = logits / calibration.temperature
+        scaled = calibration.scaled_logits(logits)
         at_half = scores(scaled, actual, labels, 0.5)
         metrics = {**scores(scaled, actual, labels, calibration.thresholds), "loss": metrics["loss"],
                    "macro_f1_at_05": at_half["macro_f1"], "micro_f1_at_05": at_half["micro_f1"]}

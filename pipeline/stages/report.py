@@ -26,6 +26,7 @@ import pandas as pd
 from pipeline import __version__
 from pipeline.errors import PipelineError
 from pipeline.files import atomic_file, read_json
+from pipeline.metrics import MISSED, NONE
 from pipeline.params import Params
 from pipeline.text.settings import HTML_TAG
 from pipeline.training.live import CURVES
@@ -37,7 +38,7 @@ INPUTS = {
     "data.json": "download",
     "tokenize.json": "tokenize", f"{RUNTIME}/tokenize.json": "tokenize",
     "train.json": "train", f"{RUNTIME}/train.json": "train",
-    "metrics.json": "evaluate", "confusion.csv": "evaluate", "errors.csv": "evaluate",
+    "metrics.json": "evaluate", "confusion.csv": "evaluate", "errors.csv": "evaluate", "calibration.json": "evaluate",
     "export.json": "export", f"{RUNTIME}/export.json": "export",
     "baseline.json": "baseline", f"{RUNTIME}/baseline.json": "baseline",
 }
@@ -224,6 +225,39 @@ def top_confusions_figure(confusion: pd.DataFrame) -> str:
     return _svg(figure)
 
 
+def label_f1_figure(rows: list[dict]) -> str:
+    """Per label: its test F1 at the tuned threshold, and its support beside the bar."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(5.6, min(1.0 + 0.22 * len(rows), 12)))
+    axis.barh(range(len(rows)), [row["f1"] or 0 for row in rows])
+    axis.set_yticks(range(len(rows)), [f"{row['name']} ({row['support']:,})" for row in rows])
+    axis.invert_yaxis()
+    axis.set_xlim(0, 1)
+    axis.set_xlabel("test F1 at the label's tuned threshold")
+    axis.set_title("F1 per label (support in brackets)")
+    return _svg(figure)
+
+
+def reliability_figure(calibration: dict, metrics: dict) -> str | None:
+    """Reliability diagram of the test split: mean confidence against accuracy (label sets: the
+    share of labels present) per bin, before and after the temperature."""
+    bins = calibration.get("reliability")
+    if not bins:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(4.2, 4.0))
+    axis.plot([0, 1], [0, 1], color="#999", linestyle="--", linewidth=1)
+    for key, name in (("uncalibrated", f"model (ECE {metrics.get('ece_uncalibrated', 0):.4f})"), ("calibrated", f"calibrated (ECE {metrics.get('ece', 0):.4f})")):
+        points = [(c, a) for c, a, n in zip(bins[key]["confidence"], bins[key]["accuracy"], bins[key]["count"]) if n]
+        if points:
+            axis.plot(*zip(*points), marker="o", markersize=3, label=name)
+    axis.set_xlabel("confidence" + (" (each label's probability)" if calibration.get("task") == "multilabel" else ""))
+    axis.set_ylabel("share right" if calibration.get("task") != "multilabel" else "share of labels present")
+    axis.set_title("Reliability (test)")
+    axis.legend(frameon=False)
+    return _svg(figure)
+
+
 # --- the page -------------------------------------------------------------------------------
 def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(data, dict):
@@ -231,17 +265,21 @@ def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix.rstrip("."), data)]
 
 
-def per_class_rows(metrics: dict, labels: list[str], confusion: pd.DataFrame) -> list[dict]:
-    """A row per class in label order; with many classes, the TABLE_CLASSES most frequent in test."""
+def per_class_rows(metrics: dict, labels: list[str], confusion: pd.DataFrame, calibration: dict) -> list[dict]:
+    """A row per class in label order; with many classes, the TABLE_CLASSES most frequent in test.
+    Label sets add each label's threshold and temperature."""
     support = confusion["actual"].value_counts()
-    shown = labels if len(labels) <= TABLE_CLASSES else sorted(support.index[:TABLE_CLASSES].tolist(), key=labels.index)
+    shown = labels if len(labels) <= TABLE_CLASSES else sorted([n for n in support.index if n in labels][:TABLE_CLASSES], key=labels.index)
+    thresholds, temperatures = calibration.get("thresholds", {}), calibration.get("temperature")
     return [
         {
             "name": name,
             "precision": metrics.get(f"{name}_precision"),
             "recall": metrics.get(f"{name}_recall"),
             "f1": metrics.get(f"{name}_f1"),
-            "support": int(support.get(name, 0)),
+            "support": int(metrics.get(f"{name}_support", support.get(name, 0))),
+            "threshold": thresholds.get(name),
+            "temperature": temperatures.get(name) if isinstance(temperatures, dict) else None,
         }
         for name in shown
     ]
@@ -269,15 +307,17 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
     confusion = read["confusion.csv"].astype(str)
     errors = read["errors.csv"]
     labels = [str(c) for c in data["classes"]]
-    unknown = sorted(set(confusion["actual"]).union(confusion["predicted"]) - set(labels))
+    multilabel = data.get("task") == "multilabel"
+    unknown = sorted(set(confusion["actual"]).union(confusion["predicted"]) - set(labels) - ({MISSED, NONE} if multilabel else set()))
     if unknown:
         raise PipelineError(f"{reports / 'confusion.csv'} has classes that data.json lacks ({', '.join(unknown[:5])}); rerun dvc repro")
-
+    per_class = per_class_rows(metrics, labels, confusion, read["calibration.json"])
     figures = {
         "balance": class_balance_figure(data),
         "lengths": length_figure(data),
         "curves": curves_figure(live_dir),
-        "confusion": confusion_figure(confusion, labels),
+        "confusion": label_f1_figure(per_class) if multilabel else confusion_figure(confusion, labels),
+        "reliability": reliability_figure(read["calibration.json"], metrics),
     }
     environment = jinja2.Environment(
         loader=jinja2.PackageLoader("pipeline", "templates"),
@@ -300,7 +340,10 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
         export=export,
         baseline=baseline,
         labels=labels,
-        per_class=per_class_rows(metrics, labels, confusion),
+        multilabel=multilabel,
+        calibration=read["calibration.json"],
+        params_calibrate=params.export.calibrate,
+        per_class=per_class,
         errors=shown_errors(errors.head(params.report.examples), params.tokenize.strip_html),
         figures=figures,
     )

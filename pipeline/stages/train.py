@@ -103,7 +103,7 @@ def prepare(params: Params, processed: Path, world: World, device: torch.device,
     check_labels(train, validation, labels)
     text_settings = read_json(processed / "text.json", "rerun the tokenize stage")
     check_fits(params.model, int(text_settings["max_tokens"]))
-    updates = {"monitor": ("loss" if train.multilabel else "accuracy") if config.monitor == "auto" else config.monitor}
+    updates = {"monitor": ("macro_f1" if train.multilabel else "accuracy") if config.monitor == "auto" else config.monitor}
     if config.batch_size > len(train):
         if world.main:
             warn(f"train.batch_size {config.batch_size:,} is more than the {len(train):,} train documents; batches of {len(train):,}")

@@ -39,7 +39,15 @@ from torch import nn
 
 from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
 from pipeline.errors import PipelineError, warn
-from pipeline.metrics import class_counts, log_loss_sum, metrics_from_counts, multilabel_metrics_from_tally, multilabel_tally
+from pipeline.metrics import (
+    best_threshold_scores,
+    class_counts,
+    log_loss_sum,
+    metrics_from_counts,
+    multilabel_metrics_from_tally,
+    multilabel_tally,
+    threshold_histogram,
+)
 from pipeline.params import Params
 from pipeline.training.checkpoint import inference_state, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from pipeline.training.device import autocast
@@ -128,16 +136,22 @@ class Setup:
 
 def validation_tally(logits: np.ndarray, actual: np.ndarray, classes: int) -> np.ndarray:
     """What one process's validation shard adds to the metrics (sums, so that shards add up):
-    per-class counts and the loss sum (multi-label: metrics.multilabel_tally, at 0.5)."""
+    per-class counts and the loss sum (multi-label: metrics.multilabel_tally at 0.5, then each
+    label's threshold_histogram)."""
     if actual.ndim == 2:
-        return multilabel_tally(logits, actual)
+        return np.concatenate([multilabel_tally(logits, actual), threshold_histogram(logits, actual)])
     counts = class_counts(actual, logits.argmax(1) if len(actual) else actual, classes)
     return np.concatenate([counts.ravel().astype(np.float64), [log_loss_sum(logits, actual)]])
 
 
 def validation_scores(tally: np.ndarray, labels: list[str], multilabel: bool, documents: int) -> dict[str, float]:
+    """Multi-label: macro_f1 and micro_f1 with each label at its best threshold (as evaluate
+    will tune them), those at 0.5 as macro_f1_at_05 and micro_f1_at_05."""
     if multilabel:
-        return multilabel_metrics_from_tally(tally, labels)
+        split = 3 * len(labels) + 4
+        at_half = multilabel_metrics_from_tally(tally[:split], labels)
+        tuned = best_threshold_scores(tally[split:], len(labels))
+        return {**at_half, **tuned, "macro_f1_at_05": at_half["macro_f1"], "micro_f1_at_05": at_half["micro_f1"]}
     counts = tally[:-1].round().astype(np.int64).reshape(3, len(labels))
     return metrics_from_counts(counts, float(tally[-1] / max(documents, 1)), labels)
 
