@@ -287,7 +287,9 @@ class TrainParams(Section):
     # validation metric for the best checkpoint and early stopping; auto: accuracy, or for multi-label data
     # macro_f1 (there: with each label at its best threshold on validation, as evaluate tunes them)
     monitor: Literal["auto", "loss", "accuracy", "macro_f1"] = "auto"
-    class_weights: Literal["none", "balanced"] = "none"  # balanced: inverse class frequency in the loss (per-label positive weights for multi-label data)
+    # balanced: inverse class frequency in the loss (for multi-label data: each label's positive weight, negatives / positives);
+    # auto: none for multiclass, balanced for label sets (GoEmotions, 28 labels: +3 points of macro-F1, BENCHMARKS.md)
+    class_weights: Literal["auto", "none", "balanced"] = "auto"
     mode: Literal["auto", "min", "max"] = "auto"  # auto: min for loss, max otherwise
     patience: int = Field(default=2, ge=0)  # validations without improvement before stopping
     min_delta: float = Field(default=0.002, ge=0)  # smaller changes do not count as improvement (0.2 point of accuracy: a few validation texts, noise)

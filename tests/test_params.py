@@ -88,7 +88,7 @@ TYPE = [
     ("download.label_separator", 1, "valid string"),
     ("download.label_columns", "labels", "valid list"),
     ("download.tsv_quoting", True, "Input should be 'none' or 'csv'"),
-    ("train.class_weights", 1, "Input should be 'none' or 'balanced'"),
+    ("train.class_weights", 1, "Input should be 'auto', 'none' or 'balanced'"),
     ("download.hf_config", 5, "valid string"),
     ("download.splits.train", 5, "valid string"),
     ("download.splits.validation", 5, "valid string"),
@@ -187,7 +187,7 @@ VALUE = [
     ("download.label_separator", "", "at least 1 character"),
     ("download.label_columns.0", "", "at least 1 character"),
     ("download.tsv_quoting", "excel", "Input should be 'none' or 'csv'"),
-    ("train.class_weights", "inverse", "Input should be 'none' or 'balanced'"),
+    ("train.class_weights", "inverse", "Input should be 'auto', 'none' or 'balanced'"),
     ("download.label_names", ["World"], "at least two classes"),
     ("download.source", "hf:", "hf: needs a dataset id"),
     ("download.hf_config", "", "at least 1 character"),
@@ -461,9 +461,9 @@ def test_null_train_params_take_the_architecture_defaults():
         return train.lr, train.batch_size, train.max_epochs, train.warmup, train.weight_decay, train.schedule
 
     assert set(ARCH_TRAIN_DEFAULTS) == set(get_args(ModelParams.model_fields["arch"].annotation))  # every arch has its row
-    assert picked(parse_params({"model": {"arch": "bag"}})) == (0.005, 64, 30, 1.5, 0.01, "linear")  # BENCHMARKS.md "Defaults"
+    assert picked(parse_params({"model": {"arch": "bag"}})) == (0.005, 64, 30, 1.5, 0.01, "plateau")  # BENCHMARKS.md "Defaults", issue 22
     for arch in ("cnn", "lstm", "transformer"):  # trained from scratch
-        assert picked(parse_params({"model": {"arch": arch}})) == (0.01, 64, 30, 1.5, 0.01, "linear"), arch
+        assert picked(parse_params({"model": {"arch": arch}})) == (0.01, 64, 30, 1.5, 0.01, "plateau"), arch
     assert picked(parse_params({"model": {"arch": "pretrained"}})) == (5e-5, 32, 3, 0.3, 0.01, "linear")  # fine-tuning
     explicit = parse_params({"model": {"arch": "pretrained"}, "train": {"lr": 1e-4, "max_epochs": 5, "warmup": 0.0, "schedule": "cosine"}})
     assert picked(explicit) == (1e-4, 32, 5, 0.0, 0.01, "cosine")  # a value the user set always wins, 0 included

@@ -196,6 +196,21 @@ def test_learning_rate_schedule():
     assert learning_rate(plateau, 77, 10) == learning_rate(plateau.model_copy(update={"max_epochs": 60}), 77, 10)
 
 
+def test_raising_the_epoch_cap_leaves_an_early_stopped_run_unchanged(processed, tmp_path):
+    """The shipped schedule (null: plateau for bag) does not read max_epochs; linear decay does."""
+    def run(out: str, **train) -> tuple[list, dict]:
+        report = train_once(make_params(lr=None, **train), processed, tmp_path / out)
+        state = torch.load(tmp_path / out / "models" / "best.pt", weights_only=False)["model"]
+        history = (tmp_path / out / "live" / "plots" / "metrics" / "lr.tsv").read_text()
+        return [report["epochs"], report["best_epoch"], history], state
+
+    (capped, state30), (longer, state60) = run("cap30", max_epochs=30), run("cap60", max_epochs=60)
+    assert capped[0] < 30 and capped == longer  # stopped early, at the same epoch, with the same lr at each step
+    assert all(torch.equal(state30[key], state60[key]) for key in state30)
+    (linear30, _), (linear60, _) = run("linear30", max_epochs=30, schedule="linear"), run("linear60", max_epochs=60, schedule="linear")
+    assert linear30[2] != linear60[2]  # the cap changed the lr of every step: what issue 22 removed from the default
+
+
 def test_every_batch_weighs_the_same_in_an_accumulated_step():
     from pipeline.training.trainer import batches_in_step
 

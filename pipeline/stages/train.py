@@ -103,13 +103,14 @@ def prepare(params: Params, processed: Path, world: World, device: torch.device,
     check_labels(train, validation, labels)
     text_settings = read_json(processed / "text.json", "rerun the tokenize stage")
     check_fits(params.model, int(text_settings["max_tokens"]))
-    updates = {"monitor": ("macro_f1" if train.multilabel else "accuracy") if config.monitor == "auto" else config.monitor}
+    updates = {"monitor": ("macro_f1" if train.multilabel else "accuracy") if config.monitor == "auto" else config.monitor,
+               "class_weights": ("balanced" if train.multilabel else "none") if config.class_weights == "auto" else config.class_weights}
     if config.batch_size > len(train):
         if world.main:
             warn(f"train.batch_size {config.batch_size:,} is more than the {len(train):,} train documents; batches of {len(train):,}")
         updates["batch_size"] = len(train)
     params = params.model_copy(update={"train": config.model_copy(update=updates)})
-    weights = class_weights(train, len(labels)) if config.class_weights == "balanced" else None
+    weights = class_weights(train, len(labels)) if updates["class_weights"] == "balanced" else None
     return Setup(
         params, world, device, precision, labels, train, validation, read_vocab_size(processed), sha256_of(processed / "vocab.json"),
         text_settings, resume_dir, fingerprint(params, processed, world.size), weights,
