@@ -195,7 +195,8 @@ def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 
     return {"accuracy": scores["accuracy"], "macro_f1": scores["macro_f1"], "best_epoch": trained["best_epoch"],
             "epochs": trained["epochs"], "steps": trained["steps"], "train_seconds": trained["wall_seconds"],
             "validation_loss_chosen": chosen_loss, "validation_loss_min": min(losses),
-            "validation_loss_ratio": round(chosen_loss / min(losses), 4)}
+            "validation_loss_ratio": round(chosen_loss / min(losses), 4),
+            "ece": scores["ece"], "ece_uncalibrated": scores["ece_uncalibrated"], "temperature": scores.get("temperature")}
 
 
 def table(rows: list[dict]) -> str:
