@@ -325,3 +325,75 @@ def test_evaluate_lowers_the_ece_of_the_project_model_and_keeps_its_predictions(
     assert set(calibrated[0]) == {"text", "label", "score", "probabilities"}  # the multiclass record, as before
     if abs(calibration["temperature"] - 1) > 0.01:
         assert [r["score"] for r in calibrated] != [r["score"] for r in uncalibrated]
+
+
+# --- every architecture and DDP train label sets -------------------------------------------------
+@pytest.fixture(scope="module")
+def label_set_raw(tmp_path_factory) -> Path:
+    from pipeline.stages.download import run_download
+
+    root = tmp_path_factory.mktemp("label-sets")
+    write_jsonl(root / "source" / "train.jsonl", [{"text": t, "label": labels} for t, labels in label_sets(400, offset=20_000)])
+    params = parse_params({"download": {"source": str(root / "source" / "train.jsonl"), "task": "multilabel"}})
+    run_download(params.download, root / "raw", root / "data.json")
+    return root
+
+
+def tokenized(root: Path, name: str, params) -> Path:
+    from pipeline.stages.tokenize import run_tokenize
+
+    pretrained = params.model.pretrained if params.model.arch == "pretrained" else None
+    run_tokenize(params.tokenize, root / "raw", root / name, root / f"{name}.json", progress=False, pretrained=pretrained)
+    return root / name
+
+
+def parse_params(data: dict):
+    from pipeline.params import parse_params as parse
+
+    return parse(data)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "lstm", "transformer", "pretrained"])
+def test_every_architecture_trains_one_logit_per_label(label_set_raw, arch, tmp_path):
+    from conftest import TINY_MODEL, TINY_TOKENIZE, write_tiny_bert
+
+    from pipeline.data.tokenized import TokenizedSplit
+    from pipeline.stages.train import run_train
+    from pipeline.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from pipeline.training.loader import predict_logits
+
+    model = {**TINY_MODEL, "arch": arch}
+    if arch == "pretrained":
+        model = {"arch": "pretrained", "dropout": 0.0, "pretrained": {"source": str(write_tiny_bert(tmp_path / "bert"))}}
+    params = parse_params({"tokenize": {**TINY_TOKENIZE, "workers": 1, "min_freq": 1}, "model": model,
+                           "train": {"threads": 1, "max_epochs": 2, "lr": 0.02 if arch != "pretrained" else 1e-3}})
+    shutil.copytree(label_set_raw / "raw", tmp_path / "raw")
+    processed = tokenized(tmp_path, "processed", params)  # the pretrained model's own tokenizer, or spaCy
+    run_train(params, processed, tmp_path / "models", tmp_path / "train.json", tmp_path / "live", tmp_path / "resume",
+              runtime_path=tmp_path / "runtime.json", progress=False)
+    test = TokenizedSplit(processed / "test")
+    logits = predict_logits(model_from_checkpoint(load_checkpoint(tmp_path / "models" / "best.pt")), test, 64, __import__("torch").device("cpu"))
+    assert test.multilabel and logits.shape == (len(test), len(LABEL_WORDS)) and np.isfinite(logits).all()
+    runtime = json.loads((tmp_path / "runtime.json").read_text())
+    assert runtime["monitor"] == "macro_f1" and set(runtime["class_weights"]) == set(LABEL_WORDS)  # auto, for label sets
+
+
+@pytest.mark.slow
+def test_two_processes_train_label_sets_as_one(label_set_raw, tmp_path):
+    from conftest import TINY_MODEL, TINY_TOKENIZE, run_cli
+
+    train = {"device": "cpu", "threads": 1, "max_epochs": 2, "lr": 0.02, "batch_size": 32}
+    params = parse_params({"tokenize": {**TINY_TOKENIZE, "workers": 1, "min_freq": 1}, "model": {**TINY_MODEL, "arch": "bag"}, "train": train})
+    processed = tokenized(label_set_raw, "processed-ddp", params)
+    histories = {}
+    for devices in (1, 2):
+        root = tmp_path / f"devices-{devices}"
+        root.mkdir()
+        write_params(root, tokenize=TINY_TOKENIZE, model={**TINY_MODEL, "arch": "bag"}, train={**train, "devices": devices})
+        result = run_cli("train", "--data", str(processed), cwd=root)
+        assert result.returncode == 0, result.stderr
+        histories[devices] = (root / "reports" / "train" / "plots" / "metrics" / "validation" / "macro_f1.tsv").read_text().splitlines()
+    # the shards' tallies and threshold histograms add up: two processes score validation as one does
+    assert len(histories[2]) == len(histories[1]) == 3
+    for one, two in zip(histories[1][1:], histories[2][1:]):
+        assert float(two.split("\t")[1]) == pytest.approx(float(one.split("\t")[1]), abs=0.05)  # dropout differs per rank
