@@ -76,13 +76,19 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * logits))  # exp-free: no overflow for large logits
 
 
+def binary_cross_entropy(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Element-wise binary cross-entropy of sigmoid(logits) against targets (0/1 or soft),
+    in float64, stable for any logit."""
+    x, y = logits.astype(np.float64), targets.astype(np.float64)
+    return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+
 def bce_sum(logits: np.ndarray, actual: np.ndarray) -> float:
     """Binary cross-entropy of every label, averaged over the labels of a text and summed over
-    the texts (so that shards add up), computed stably in float64."""
+    the texts (so that shards add up)."""
     if not len(actual):
         return 0.0
-    x, y = logits.astype(np.float64), actual.astype(np.float64)
-    return float((np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).mean(1).sum())
+    return float(binary_cross_entropy(logits, actual).mean(1).sum())
 
 
 def multilabel_tally(logits: np.ndarray, actual: np.ndarray, thresholds: np.ndarray | float = 0.5) -> np.ndarray:
@@ -96,6 +102,11 @@ def multilabel_tally(logits: np.ndarray, actual: np.ndarray, thresholds: np.ndar
     right = (decided == truth)
     extra = [bce_sum(logits, actual), float(right.all(1).sum()), float((~right).sum()), float(len(actual))]
     return np.concatenate([counts.ravel(), extra])
+
+
+def multilabel_tally_size(classes: int) -> int:
+    """The length of multilabel_tally's vector: three counts per label, then four sums."""
+    return 3 * classes + 4
 
 
 THRESHOLD_BINS = 100  # validation during training tunes each label's threshold to the nearest 0.01
@@ -135,7 +146,7 @@ def multilabel_metrics_from_tally(tally: np.ndarray, labels: list[str]) -> dict[
     loss, documents, then <label>_precision, _recall, _f1 and _support for every label."""
     classes = len(labels)
     counts = tally[: 3 * classes].reshape(3, classes)
-    loss_sum, exact, wrong, documents = tally[3 * classes :]
+    loss_sum, exact, wrong, documents = tally[3 * classes : multilabel_tally_size(classes)]
     precision, recall, f1 = per_class_scores(counts)
     right, predicted, actual = counts.sum(1)
     metrics: dict[str, float] = {
@@ -177,30 +188,33 @@ def probabilities(logits: np.ndarray, multilabel: bool, temperature: np.ndarray 
     return sigmoid(scaled + bias) if multilabel else softmax(scaled)
 
 
-def calibration_scores(probs: np.ndarray, actual: np.ndarray) -> dict[str, float]:
-    """Expected calibration error (15 equal-width bins) and Brier score. Multiclass: of the top
-    class's probability against being right (Guo et al. 2017); multi-label: of every label's
-    probability against the label being there."""
+def confidence_bins(probs: np.ndarray, actual: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(confidence, hit, ECE bin) per decision. Multiclass: the top class's probability against
+    being right (Guo et al. 2017); multi-label: every label's probability against the label
+    being there."""
     if actual.ndim == 2:
         confidence, hit = probs.ravel(), actual.ravel().astype(np.float64)
-        brier = float(((probs - actual) ** 2).mean())
     else:
         confidence, hit = probs.max(1), (probs.argmax(1) == actual).astype(np.float64)
+    return confidence, hit, np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+
+
+def calibration_scores(probs: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """Expected calibration error (15 equal-width bins, confidence_bins) and Brier score."""
+    confidence, hit, bins = confidence_bins(probs, actual)
+    if actual.ndim == 2:
+        brier = float(((probs - actual) ** 2).mean())
+    else:
         onehot = np.zeros_like(probs)
         onehot[np.arange(len(actual)), actual] = 1
         brier = float(((probs - onehot) ** 2).sum(1).mean())
-    bins = np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
     gap = np.abs(np.bincount(bins, weights=confidence, minlength=ECE_BINS) - np.bincount(bins, weights=hit, minlength=ECE_BINS))
     return {"ece": float(gap.sum() / max(len(confidence), 1)), "brier": brier}
 
 
 def reliability(probs: np.ndarray, actual: np.ndarray) -> dict[str, list]:
     """Per bin of confidence: its mean confidence, accuracy (or positive share) and count, for a reliability diagram."""
-    if actual.ndim == 2:
-        confidence, hit = probs.ravel(), actual.ravel().astype(np.float64)
-    else:
-        confidence, hit = probs.max(1), (probs.argmax(1) == actual).astype(np.float64)
-    bins = np.minimum((confidence * ECE_BINS).astype(np.int64), ECE_BINS - 1)
+    confidence, hit, bins = confidence_bins(probs, actual)
     count = np.bincount(bins, minlength=ECE_BINS)
     mean = lambda values: np.divide(np.bincount(bins, weights=values, minlength=ECE_BINS), count, out=np.zeros(ECE_BINS), where=count > 0)  # noqa: E731
     return {"confidence": np.round(mean(confidence), 6).tolist(), "accuracy": np.round(mean(hit), 6).tolist(), "count": count.tolist()}
@@ -215,8 +229,7 @@ def fit_temperature(logits: np.ndarray, actual: np.ndarray) -> np.ndarray | floa
     def loss(log_t: np.ndarray) -> np.ndarray:  # one loss per candidate (per label for multi-label)
         t = np.exp(log_t)
         if multilabel:
-            x, y = logits.astype(np.float64) / t, actual.astype(np.float64)
-            return (np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))).mean(0)
+            return binary_cross_entropy(logits.astype(np.float64) / t, actual).mean(0)
         return np.array([log_loss_sum(logits.astype(np.float64) / value, actual) for value in np.atleast_1d(t)])
 
     shape = (actual.shape[1],) if multilabel else (1,)
@@ -242,8 +255,7 @@ def fit_platt(logits: np.ndarray, actual: np.ndarray, iterations: int = 100) -> 
     target = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))
 
     def loss(scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        z = scale * x + bias
-        return (np.maximum(z, 0) - z * target + np.log1p(np.exp(-np.abs(z)))).mean(0)
+        return binary_cross_entropy(scale * x + bias, target).mean(0)
 
     low, high = 1 / TEMPERATURE_RANGE[1], 1 / TEMPERATURE_RANGE[0]
     scale, bias = np.ones(x.shape[1]), np.zeros(x.shape[1])

@@ -43,12 +43,11 @@ class Calibration:
         return cls(multilabel, labels, temperature, thresholds, bias)
 
     def to_json(self) -> dict[str, Any]:
-        temperature = (dict(zip(self.labels, np.round(np.broadcast_to(self.temperature, len(self.labels)), 6).tolist())) if self.multilabel
-                       else round(float(self.temperature), 6))
+        temperature = per_label(self.labels, self.temperature) if self.multilabel else round(float(self.temperature), 6)
         data: dict[str, Any] = {"task": "multilabel" if self.multilabel else "multiclass", "labels": self.labels, "temperature": temperature}
         if self.multilabel:
-            data["bias"] = dict(zip(self.labels, np.round(np.broadcast_to(self.bias, len(self.labels)), 6).tolist()))
-            data["thresholds"] = dict(zip(self.labels, np.round(np.broadcast_to(self.thresholds, len(self.labels)), 6).tolist()))
+            data["bias"] = per_label(self.labels, self.bias)
+            data["thresholds"] = per_label(self.labels, self.thresholds)
         return data
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
@@ -63,3 +62,8 @@ class Calibration:
         if not self.multilabel:
             return logits.argmax(1)
         return self.probabilities(logits) >= self.thresholds
+
+
+def per_label(labels: list[str], values: np.ndarray | float) -> dict[str, float]:
+    """{label: value} (one value broadcast to every label), rounded to 6 decimals for the JSON files."""
+    return dict(zip(labels, np.round(np.broadcast_to(values, len(labels)), 6).tolist()))

@@ -30,8 +30,8 @@ import torch
 
 from pipeline.data.tokenized import TokenizedSplit
 from pipeline.files import stage_outputs
-from pipeline.inference.calibration import Calibration
-from pipeline.metrics import MISSED, NONE, calibration_scores, fit_platt, fit_temperature, probabilities, reliability, scores, tune_thresholds
+from pipeline.inference.calibration import Calibration, per_label
+from pipeline.metrics import MISSED, NONE, bce_sum, calibration_scores, fit_platt, fit_temperature, probabilities, reliability, scores, tune_thresholds
 from pipeline.params import Params
 from pipeline.system import available_cores
 from pipeline.training.checkpoint import load_scoring_inputs, model_from_checkpoint
@@ -78,15 +78,12 @@ def calibrate(logits: np.ndarray, actual: np.ndarray, labels: list[str]) -> dict
     """What reports/calibration.json holds: the temperature(s) fitted on validation and, for
     label sets, the thresholds tuned on the calibrated probabilities and on the raw ones
     (export.calibrate picks the variant; `Calibration.from_json` reads it)."""
-    multilabel = actual.ndim == 2
-    if multilabel:
-        temperature, bias = fit_platt(logits, actual)
-        thresholds = tune_thresholds(probabilities(logits, True, temperature, bias), actual)
-        data = Calibration(multilabel, labels, temperature, thresholds, bias).to_json()
-    else:
-        data = Calibration(multilabel, labels, fit_temperature(logits, actual)).to_json()
-    if multilabel:
-        data["thresholds_uncalibrated"] = dict(zip(labels, np.round(tune_thresholds(probabilities(logits, True), actual), 6).tolist()))
+    if actual.ndim == 1:
+        return Calibration(False, labels, fit_temperature(logits, actual)).to_json()
+    temperature, bias = fit_platt(logits, actual)
+    thresholds = tune_thresholds(probabilities(logits, True, temperature, bias), actual)
+    data = Calibration(True, labels, temperature, thresholds, bias).to_json()
+    data["thresholds_uncalibrated"] = per_label(labels, tune_thresholds(probabilities(logits, True), actual))
     return data
 
 
@@ -96,12 +93,13 @@ def test_metrics(logits: np.ndarray, actual: np.ndarray, labels: list[str], fitt
     multilabel = actual.ndim == 2
     calibration = Calibration.from_json(fitted)
     calibrated, raw = calibration.probabilities(logits), probabilities(logits, multilabel)
-    metrics = scores(logits, actual, labels)  # the loss of the model's own probabilities; the top class is the same either way
     if multilabel:
         scaled = calibration.scaled_logits(logits)
         at_half = scores(scaled, actual, labels, 0.5)
-        metrics = {**scores(scaled, actual, labels, calibration.thresholds), "loss": metrics["loss"],
+        metrics = {**scores(scaled, actual, labels, calibration.thresholds), "loss": bce_sum(logits, actual) / max(len(actual), 1),
                    "macro_f1_at_05": at_half["macro_f1"], "micro_f1_at_05": at_half["micro_f1"]}
+    else:
+        metrics = scores(logits, actual, labels)  # the loss of the model's own probabilities; the top class is the same either way
     after, before = calibration_scores(calibrated, actual), calibration_scores(raw, actual)
     fitted["reliability"] = {"calibrated": reliability(calibrated, actual), "uncalibrated": reliability(raw, actual)}
     extra = {"ece": after["ece"], "ece_uncalibrated": before["ece"], "brier": after["brier"], "brier_uncalibrated": before["brier"]}

@@ -46,6 +46,7 @@ from pipeline.metrics import (
     metrics_from_counts,
     multilabel_metrics_from_tally,
     multilabel_tally,
+    multilabel_tally_size,
     threshold_histogram,
 )
 from pipeline.params import Params
@@ -148,7 +149,7 @@ def validation_scores(tally: np.ndarray, labels: list[str], multilabel: bool, do
     """Multi-label: macro_f1 and micro_f1 with each label at its best threshold (as evaluate
     will tune them), those at 0.5 as macro_f1_at_05 and micro_f1_at_05."""
     if multilabel:
-        split = 3 * len(labels) + 4
+        split = multilabel_tally_size(len(labels))
         at_half = multilabel_metrics_from_tally(tally[:split], labels)
         tuned = best_threshold_scores(tally[split:], len(labels))
         return {**at_half, **tuned, "macro_f1_at_05": at_half["macro_f1"], "micro_f1_at_05": at_half["micro_f1"]}
