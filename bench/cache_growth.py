@@ -26,7 +26,7 @@ def size(path: Path) -> int:
 
 def summary(root: Path) -> dict:
     data = json.loads((root / "reports/data.json").read_text())
-    metrics = json.loads((root / "reports/metrics.json").read_text())
+    metrics = json.loads((root / "reports/evaluate.json").read_text())
     export = json.loads((root / "reports/export.json").read_text())
     return {
         "rows": {split: data[split]["rows"] for split in ("train", "validation", "test")},

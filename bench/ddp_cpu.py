@@ -36,7 +36,7 @@ DOWNLOAD = {
 def summary(root: Path) -> dict:
     runtime = json.loads((root / "reports/runtime/train.json").read_text())
     train = json.loads((root / "reports/train.json").read_text())
-    metrics = json.loads((root / "reports/metrics.json").read_text())
+    metrics = json.loads((root / "reports/evaluate.json").read_text())
     return {
         "processes": runtime.get("processes", 1),
         "threads_per_process": runtime["threads"],

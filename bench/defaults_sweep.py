@@ -188,7 +188,7 @@ def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 
     shutil.rmtree(run, ignore_errors=True)
     trained = run_train(params, folder / "processed", run / "model", run / "train.json", run / "live", run / "resume", progress=False)
     scores = run_evaluate(params, run / "model" / "best.pt", folder / "processed", folder / "raw",
-                          run / "metrics.json", run / "confusion.csv", run / "errors.csv")
+                          run / "evaluate.json", run / "confusion.csv", run / "errors.csv")
     losses = [float(line.split("\t")[1]) for line in (run / "live" / "plots" / "metrics" / "validation" / "loss.tsv").read_text().splitlines()[1:]]
     steps = [int(line.split("\t")[0]) for line in (run / "live" / "plots" / "metrics" / "validation" / "loss.tsv").read_text().splitlines()[1:]]
     chosen_loss = losses[steps.index(trained["best_step"])]

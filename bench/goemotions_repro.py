@@ -37,7 +37,7 @@ def one_run(source: Path, seed: int) -> dict:
         run(DVC, "repro", cwd=root)
         seconds = time.perf_counter() - started
         read = lambda name: json.loads((root / "reports" / name).read_text())  # noqa: E731
-        metrics, baseline, export, train = read("metrics.json"), read("baseline.json"), read("export.json"), read("train.json")
+        metrics, baseline, export, train = read("evaluate.json"), read("baseline.json"), read("export.json"), read("train.json")
         runtime = read("runtime/train.json")
         keys = ("macro_f1", "micro_f1", "macro_f1_at_05", "micro_f1_at_05")
         return {

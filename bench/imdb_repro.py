@@ -44,7 +44,7 @@ def timed_repro(root: Path) -> dict:
     if current is not None:
         stages[current] = round(time.perf_counter() - since, 1)
     reports = root / "reports"
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((reports / "evaluate.json").read_text())
     baseline = json.loads((reports / "baseline.json").read_text())
     return {"seconds": round(total, 1), "stages": stages, "accuracy": metrics["accuracy"], "baseline_accuracy": baseline["accuracy"]}
 

@@ -70,7 +70,7 @@ def main() -> None:
             "max_tokens": args.max_tokens,
             "truncation": args.truncation,
             "truncated_share": report("tokenize.json")["truncated_share"],
-            "accuracy": report("metrics.json")["accuracy"],
+            "accuracy": report("evaluate.json")["accuracy"],
             "baseline_accuracy": report("baseline.json").get("accuracy"),
             "onnx_fp32_accuracy": export["onnx_fp32_accuracy"],
             "onnx_int8_accuracy": export["onnx_int8_accuracy"],

@@ -29,6 +29,7 @@ MAX_ERROR_CHARS = 1000  # of the one error line a PipelineError prints
 ParamsFile = Annotated[Path, typer.Option("--params", "-p", help="Params file to read.", dir_okay=False)]
 ProcessedDir = Annotated[Path, typer.Option(help="Folder written by the tokenize stage.", file_okay=False)]
 RuntimeFile = Annotated[Path, typer.Option(help="Where to write timings and device (JSON; not a metric).", dir_okay=False)]
+MetricsFile = Annotated[Path, typer.Option(help="Where to write the stage's headline figures (JSON; the DVC metric).", dir_okay=False)]
 
 
 @contextmanager
@@ -122,6 +123,7 @@ def train(
     live: Annotated[Path, typer.Option(help="DVCLive folder for the training curves.")] = paths.TRAIN_LIVE,
     resume_dir: Annotated[Path, typer.Option(help="Resume state, kept until the run completes.")] = paths.TRAIN_RESUME,
     runtime: RuntimeFile = paths.TRAIN_RUNTIME,
+    metrics: MetricsFile = paths.TRAIN_METRICS,
     timings: Annotated[Path, typer.Option(help="Folder for the samples/s curve (a timing: not among the curves that compare).", file_okay=False)] = paths.TRAIN_TIMINGS,
     stop_after_steps: Annotated[int | None, typer.Option(hidden=True, help="Tests: fail as a kill would after this many steps.")] = None,
 ) -> None:
@@ -134,9 +136,11 @@ def train(
 
         config = load_params(params)
         if should_launch(config.train.devices):
-            run_train_processes(config, params, data, out, report, live, resume_dir, runtime, timings, stop_after_steps)
+            run_train_processes(config, params, data, out, report, live, resume_dir, runtime, timings, stop_after_steps, metrics)
             return
-        result = run_train(config, data, out, report, live, resume_dir, runtime_path=runtime, stop_after_steps=stop_after_steps, timing_dir=timings)
+        result = run_train(
+            config, data, out, report, live, resume_dir, runtime_path=runtime, stop_after_steps=stop_after_steps, timing_dir=timings, metrics_path=metrics,
+        )
         if not World.from_env().main:
             return
         typer.echo(
@@ -152,7 +156,8 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Option(help="Checkpoint to score.", dir_okay=False)] = paths.TRAIN_DIR / "best.pt",
     data: ProcessedDir = paths.PROCESSED_DIR,
     raw: Annotated[Path, typer.Option(help="Folder written by the download stage (for the texts of errors).")] = paths.RAW_DIR,
-    metrics: Annotated[Path, typer.Option(help="Where to write the test metrics (JSON).")] = paths.METRICS,
+    report: Annotated[Path, typer.Option(help="Where to write everything measured on test (JSON).")] = paths.EVALUATE_REPORT,
+    metrics: MetricsFile = paths.EVALUATE_METRICS,
     confusion: Annotated[Path, typer.Option(help="Where to write actual,predicted rows (CSV).")] = paths.CONFUSION,
     errors: Annotated[Path, typer.Option(help="Where to write the most confident mistakes (CSV).")] = paths.ERRORS,
     calibration: Annotated[Path, typer.Option(help="Where to write the temperature(s) and thresholds fitted on validation (JSON).", dir_okay=False)] = paths.CALIBRATION,
@@ -162,7 +167,7 @@ def evaluate(
         from pipeline.params import load_params
         from pipeline.stages.evaluate import run_evaluate
 
-        result = run_evaluate(load_params(params), checkpoint, data, raw, metrics, confusion, errors, calibration)
+        result = run_evaluate(load_params(params), checkpoint, data, raw, report, confusion, errors, calibration, metrics)
         micro = f", micro-F1 {result['micro_f1']:.4f} (tuned thresholds)" if "micro_f1" in result else ""
         typer.echo(
             f"evaluate: test {'subset ' if micro else ''}accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}{micro}, "
@@ -179,6 +184,7 @@ def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the inference bundle.")] = paths.EXPORT_DIR,
     report: Annotated[Path, typer.Option(help="Where to write the export report (JSON).")] = paths.EXPORT_REPORT,
     runtime: RuntimeFile = paths.EXPORT_RUNTIME,
+    metrics: MetricsFile = paths.EXPORT_METRICS,
     calibration: Annotated[Path, typer.Option(help="The evaluate stage's calibration (JSON), for the bundle.", dir_okay=False)] = paths.CALIBRATION,
 ) -> None:
     """Export the best checkpoint to ONNX (fp32 and int8), check parity, measure accuracy and latency."""
@@ -186,7 +192,7 @@ def export(
         from pipeline.params import load_params
         from pipeline.stages.export import run_export
 
-        r = run_export(load_params(params), checkpoint, data, raw, out, report, runtime, calibration)
+        r = run_export(load_params(params), checkpoint, data, raw, out, report, runtime, calibration, metrics)
         quality = "micro_f1" if "torch_fp32_micro_f1" in r else "accuracy"
         typer.echo(
             f"export: {quality.replace('_f1', '-F1')} torch {r[f'torch_fp32_{quality}']:.4f}, onnx fp32 {r[f'onnx_fp32_{quality}']:.4f}, "
@@ -202,6 +208,7 @@ def baseline(
     raw: Annotated[Path, typer.Option(help="Folder with the download stage's splits.")] = paths.RAW_DIR,
     report: Annotated[Path, typer.Option(help="Where to write the baseline's test metrics (JSON).")] = paths.BASELINE_REPORT,
     runtime: RuntimeFile = paths.BASELINE_RUNTIME,
+    metrics: MetricsFile = paths.BASELINE_METRICS,
 ) -> None:
     """Fit TF-IDF + logistic regression on the same splits as the model: the linear model to beat."""
     with reported_errors():
@@ -209,7 +216,7 @@ def baseline(
         from pipeline.stages.baseline import run_baseline
 
         loaded = load_params(params)
-        result = run_baseline(loaded.baseline, loaded.tokenize.language, raw, report, runtime)
+        result = run_baseline(loaded.baseline, loaded.tokenize.language, raw, report, runtime, metrics)
         if not result:
             typer.echo(f"baseline: switched off (baseline.enabled) -> {report}")
             return

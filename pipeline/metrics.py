@@ -299,3 +299,20 @@ def tune_thresholds(probs: np.ndarray, actual: np.ndarray) -> np.ndarray:
         f1 = 2 * hits[ends] / (predicted + truth.sum())
         thresholds[label] = ranked[ends[int(np.argmax(f1))]]
     return thresholds
+
+
+# The few figures of each stage that `dvc metrics show` and `dvc exp show` list
+# (reports/metrics/<stage>.json, the stages' DVC metrics), by the names shown there -> the key in
+# the stage's own report (reports/<stage>.json, which keeps everything it measured). evaluate and
+# baseline share `accuracy` and `macro_f1`, so the model and the baseline line up in one column.
+HEADLINE = {
+    "train": {"best_epoch": "best_epoch"},
+    "evaluate": {"accuracy": "accuracy", "macro_f1": "macro_f1", "micro_f1": "micro_f1", "ece": "ece"},
+    "baseline": {"accuracy": "accuracy", "macro_f1": "macro_f1", "micro_f1": "micro_f1"},
+    "export": {"int8_accuracy": "onnx_int8_accuracy", "int8_micro_f1": "onnx_int8_micro_f1", "int8_mb": "onnx_int8_mb"},
+}
+
+
+def headline(stage: str, report: dict) -> dict:
+    """A stage's metrics file: its HEADLINE figures that `report` holds (none for an empty report)."""
+    return {shown: report[key] for shown, key in HEADLINE[stage].items() if key in report}

@@ -102,16 +102,21 @@ def test_repro_experiments_and_diffs(project):
     assert ran(sh("dvc", "exp", "run", "-n", "lr-002", "-S", "train.lr=0.002", cwd=project)) == ["evaluate", "export", "report", "train"]
     shown = experiments(project)["lr-002"]
     assert shown["params"]["train"]["lr"] == 0.002
-    assert 0 <= shown["metrics"]["reports/metrics.json"]["accuracy"] <= 1
-    assert "onnx_int8_accuracy" in shown["metrics"]["reports/export.json"]
-    assert 0 <= shown["metrics"]["reports/baseline.json"]["accuracy"] <= 1  # the baseline beside the model
-    assert "latency_ms_batch1_onnx_int8" not in shown["metrics"]["reports/export.json"]  # timings are not metrics
+    metrics = shown["metrics"]
+    assert set(metrics) == {f"reports/metrics/{stage}.json" for stage in ("train", "evaluate", "export", "baseline")}
+    assert set(metrics["reports/metrics/evaluate.json"]) == {"accuracy", "macro_f1", "ece"}  # the headline: few figures
+    assert 0 <= metrics["reports/metrics/evaluate.json"]["accuracy"] <= 1
+    assert set(metrics["reports/metrics/export.json"]) == {"int8_accuracy", "int8_mb"}  # no timings: they are not metrics
+    assert 0 <= metrics["reports/metrics/baseline.json"]["accuracy"] <= 1  # the baseline beside the model
     diff = sh("dvc", "metrics", "diff", "HEAD", "--all", cwd=project)
-    assert "reports/metrics.json" in diff and "loss" in diff
+    assert "reports/metrics/evaluate.json" in diff and "macro_f1" in diff
     assert "latency" not in diff and "seconds" not in diff  # quality only: timings live in reports/runtime
     shown = sh("dvc", "metrics", "show", cwd=project)
-    assert "reports/baseline.json" in shown and "reports/metrics.json" in shown  # the baseline beside the model
-    timings = sh("dvc", "metrics", "show", "reports/runtime/train.json", cwd=project)  # as the README says
+    assert "reports/metrics/baseline.json" in shown and "reports/metrics/evaluate.json" in shown  # the baseline beside the model
+    assert max(map(len, shown.splitlines())) <= 120, shown  # a terminal's width
+    details = sh("dvc", "metrics", "show", "reports/evaluate.json", cwd=project)  # everything evaluate measured, as the docs say
+    assert "ece_uncalibrated" in details and "_f1" in details
+    timings = sh("dvc", "metrics", "show", "reports/runtime/train.json", cwd=project)
     assert "samples_per_second" in timings
 
     # an export param reruns export (and the report that shows it) only
@@ -124,7 +129,9 @@ def test_repro_experiments_and_diffs(project):
     params_diff = sh("dvc", "params", "diff", "HEAD~1", "HEAD", cwd=project)
     assert "train.lr" in params_diff and "0.002" in params_diff and "tokenize.min_freq" in params_diff
     metrics_diff = sh("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all", cwd=project)
-    assert "accuracy" in metrics_diff and "vocab_size" in metrics_diff
+    assert "accuracy" in metrics_diff
+    data_diff = sh("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--targets", "reports/tokenize.json", cwd=project)
+    assert "vocab_size" in data_diff  # a plain output compares as well, named
 
     # plots diff writes HTML with the training curves and the confusion matrix of both commits
     sh("dvc", "plots", "diff", "HEAD~1", "HEAD", "-o", "plots_out", cwd=project)
@@ -172,7 +179,7 @@ def test_queue_runs_every_queued_experiment(project):
     shown = experiments(project)
     for examples in (3, 4):
         assert shown[f"examples-{examples}"]["params"]["report"]["examples"] == examples
-        assert "accuracy" in shown[f"examples-{examples}"]["metrics"]["reports/metrics.json"]
+        assert "accuracy" in shown[f"examples-{examples}"]["metrics"]["reports/metrics/evaluate.json"]
 
 
 def test_bad_params_in_exp_run_name_the_key(project):

@@ -39,11 +39,14 @@ def test_metrics_confusion_and_errors(project):
     result = invoke("evaluate", cwd=project)
     assert result.returncode == 0, result.stderr
     assert "test accuracy" in result.stdout
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    metrics = json.loads((project / "reports" / "evaluate.json").read_text())
     assert list(metrics)[:4] == ["accuracy", "macro_f1", "loss", "documents"]
     for name in ("neg", "pos"):
         assert {f"{name}_precision", f"{name}_recall", f"{name}_f1"} <= metrics.keys()
     assert all(isinstance(v, (int, float)) for v in metrics.values())  # flat: one number per key
+    # the DVC metric is the headline alone, the same numbers: what `dvc metrics show` lists
+    headline = json.loads((project / "reports" / "metrics" / "evaluate.json").read_text())
+    assert headline == {key: metrics[key] for key in ("accuracy", "macro_f1", "ece")}
 
     confusion = pd.read_csv(project / "reports" / "confusion.csv")
     assert list(confusion.columns) == ["actual", "predicted"] and len(confusion) == metrics["documents"] == 140
@@ -67,7 +70,7 @@ def test_run_evaluate_matches_the_cli(project, tmp_path):
         params, project / "models/train/best.pt", project / "data/processed", project / "data/raw",
         tmp_path / "m.json", tmp_path / "c.csv", tmp_path / "e.csv",
     )
-    assert metrics == json.loads((project / "reports" / "metrics.json").read_text())
+    assert metrics == json.loads((project / "reports" / "evaluate.json").read_text())
 
 
 def test_missing_or_damaged_checkpoint(project, tmp_path):
@@ -92,7 +95,7 @@ def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
     for command in ("download", "tokenize", "train", "evaluate", "export"):
         result = invoke(command, cwd=tmp_path)
         assert result.returncode == 0, (command, result.stderr)
-    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "reports" / "evaluate.json").read_text())
     assert metrics["documents"] == 1520  # test_fraction 0.2 of 7,600
     assert metrics["accuracy"] >= 0.85, metrics  # chance is 0.25
     assert metrics["macro_f1"] >= 0.85

@@ -48,7 +48,7 @@ def test_bundle_and_report(project):
     assert all(runtime[k] > 0 for k in runtime_keys)
     assert report["onnx_fp32_max_abs_diff"] <= 1e-4
     # the PyTorch accuracy here is the evaluate stage's, and ONNX fp32 agrees with it
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    metrics = json.loads((project / "reports" / "evaluate.json").read_text())
     assert report["torch_fp32_accuracy"] == metrics["accuracy"] == report["onnx_fp32_accuracy"]
     assert abs(report["onnx_int8_accuracy"] - report["onnx_fp32_accuracy"]) <= 0.05
     assert report["documents"] == 140 and report["tokenizer_checked_documents"] == 140
@@ -274,7 +274,7 @@ def test_the_export_stage_is_gated_and_replaces_nothing(project, tmp_path):
     out = Path(shutil.copytree(project / "models" / "export", tmp_path / "export"))
     before = {p.name: sha256_of(p) for p in out.iterdir()}
     result = invoke("export", "--params", str(tmp_path / "params.yaml"), "--out", str(out), "--report", str(tmp_path / "r.json"),
-                     "--runtime", str(tmp_path / "rt.json"), cwd=project)
+                     "--runtime", str(tmp_path / "rt.json"), "--metrics", str(tmp_path / "m.json"), cwd=project)
     assert_user_error(result, "export gate", "export.max_abs_diff", "not replaced")
     assert {p.name: sha256_of(p) for p in out.iterdir()} == before
     assert not (tmp_path / "r.json").exists() and not list(tmp_path.glob(".export.*"))

@@ -170,7 +170,7 @@ def multilabel_project(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_dvc_repro_trains_evaluates_exports_and_reports_label_sets(multilabel_project):
     root = multilabel_project
-    metrics = json.loads((root / "reports" / "metrics.json").read_text())
+    metrics = json.loads((root / "reports" / "evaluate.json").read_text())
     baseline = json.loads((root / "reports" / "baseline.json").read_text())
     for scores in (metrics, baseline):
         assert {"macro_f1", "micro_f1", "macro_f1_at_05", "micro_f1_at_05"} <= set(scores)
@@ -181,6 +181,10 @@ def test_dvc_repro_trains_evaluates_exports_and_reports_label_sets(multilabel_pr
     assert set(calibration["temperature"]) == set(LABEL_WORDS)
     export = json.loads((root / "reports" / "export.json").read_text())
     assert export["onnx_int8_micro_f1_drop"] <= 0.01 and "onnx_int8_accuracy" not in export
+    shown = {stage: json.loads((root / "reports" / "metrics" / f"{stage}.json").read_text()) for stage in ("evaluate", "baseline", "export")}
+    assert set(shown["evaluate"]) == {"accuracy", "macro_f1", "micro_f1", "ece"}  # the headline `dvc metrics show` lists
+    assert shown["baseline"] == {key: baseline[key] for key in ("accuracy", "macro_f1", "micro_f1")}
+    assert shown["export"] == {"int8_micro_f1": export["onnx_int8_micro_f1"], "int8_mb": export["onnx_int8_mb"]}
     bundled = json.loads((root / "models" / "export" / "calibration.json").read_text())
     assert bundled["thresholds"] == calibration["thresholds"]  # the tuned thresholds travel in the bundle
     page = (root / "reports" / "report.html").read_text()
@@ -235,7 +239,7 @@ def skewed_project(root: Path, class_weights: str) -> dict:
         result = invoke(command, cwd=root)
         assert result.returncode == 0, (command, result.stderr)
         said[command] = result.stdout + result.stderr
-    return {"metrics": json.loads((root / "reports" / "metrics.json").read_text()),
+    return {"metrics": json.loads((root / "reports" / "evaluate.json").read_text()),
             "runtime": json.loads((root / "reports" / "runtime" / "train.json").read_text()), "train": said["train"]}
 
 
@@ -304,7 +308,7 @@ def test_best_threshold_scores_from_histograms_match_the_exact_tuning():
 
 
 def test_evaluate_lowers_the_ece_of_the_project_model_and_keeps_its_predictions(project, tmp_path):
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    metrics = json.loads((project / "reports" / "evaluate.json").read_text())
     assert metrics["ece"] <= metrics["ece_uncalibrated"]
     calibration = json.loads((project / "reports" / "calibration.json").read_text())
     assert calibration["task"] == "multiclass" and calibration["temperature"] > 0
@@ -314,7 +318,7 @@ def test_evaluate_lowers_the_ece_of_the_project_model_and_keeps_its_predictions(
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     plain = tmp_path / "plain"
     result = invoke("export", "--params", str(tmp_path / "params.yaml"), "--out", str(plain), "--report", str(tmp_path / "export.json"),
-                    "--runtime", str(tmp_path / "runtime.json"), cwd=project)
+                    "--runtime", str(tmp_path / "runtime.json"), "--metrics", str(tmp_path / "metrics.json"), cwd=project)
     assert result.returncode == 0, result.stderr
     texts = ["a great film, truly wonderful", "dreadful and boring", "it was fine i guess"]
     calibrated, uncalibrated = (

@@ -204,7 +204,7 @@ def test_exp_run_fine_tunes_and_exports(project):
     assert tokenize["truncated_share"] > 0.3 and tokenize["tokens_per_doc_max"] > MAX_TOKENS
     runtime = json.loads((reports / "runtime" / "train.json").read_text())
     assert runtime["arch"] == "pretrained" and runtime["lr"] == 0.003 and runtime["batch_size"] == 32 and runtime["max_epochs"] == 2
-    metrics = json.loads((reports / "metrics.json").read_text())
+    metrics = json.loads((reports / "evaluate.json").read_text())
     assert metrics["accuracy"] >= 0.8, metrics  # chance is 0.5
     export = json.loads((reports / "export.json").read_text())
     assert export["onnx_fp32_max_abs_diff"] <= 1e-4 and export["onnx_fp32_accuracy"] == export["torch_fp32_accuracy"] == metrics["accuracy"]

@@ -28,7 +28,7 @@ def test_report_shows_every_part_and_is_self_contained(project, report):
     page = report.read_text(encoding="utf-8")
     for figure in FIGURES:
         assert re.search(rf'<figure id="{figure}"><svg', page), figure
-    metrics = json.loads((project / "reports" / "metrics.json").read_text())
+    metrics = json.loads((project / "reports" / "evaluate.json").read_text())
     export = json.loads((project / "reports" / "export.json").read_text())
     assert f"{metrics['accuracy']:,.4f}" in page and f"{export['onnx_int8_accuracy']:,.4f}" in page
     for text in ("Class balance", "Text length", "Loss", "Confusion matrix", "most confident mistakes", "batch-1 latency", "max_epochs: 3",

@@ -37,7 +37,7 @@ def test_twenty_thousand_classes(tmp_path):
     peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     print(f"20,000 classes: peak RSS of the stages {peak_mb:,.0f} MB")
     assert peak_mb < MEMORY_LIMIT_MB, peak_mb
-    metrics = json.loads((tmp_path / "reports" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "reports" / "evaluate.json").read_text())
     assert metrics["documents"] == 400 and f"c{CLASSES - 1}_f1" in metrics
     # the page: the most frequent confusions instead of a 20,000 x 20,000 matrix, and the top classes' table
     page = (tmp_path / "reports" / "report.html").read_text()

@@ -3,7 +3,7 @@
 TF-IDF of word 1-2 grams (sublinear tf, min_df 2) and logistic regression (scikit-learn),
 trained on data/raw's train split and scored on its test split, the ones the neural model
 uses: the ten-line model any ML engineer tries first. Every run then says, beside
-reports/metrics.json, whether the neural model earns its keep. Languages written without
+reports/evaluate.json, whether the neural model earns its keep. Languages written without
 spaces between words (Chinese, Japanese, Thai) get character 1-3 grams instead, since a
 "word" there would be a whole sentence.
 
@@ -24,7 +24,7 @@ from pipeline.data.splitting import check_labels_known, flat
 from pipeline.data.tokenized import encode_labels
 from pipeline.errors import PipelineError
 from pipeline.files import stage_outputs
-from pipeline.metrics import classification_metrics, multilabel_metrics, tune_thresholds
+from pipeline.metrics import classification_metrics, headline, multilabel_metrics, tune_thresholds
 from pipeline.params import BaselineParams
 from pipeline.system import available_cores, process_map
 from pipeline.text.tfidf import PARALLEL_MIN_TEXTS, tfidf_features
@@ -69,12 +69,13 @@ def as_logits(probs: np.ndarray) -> np.ndarray:
 
 
 def run_baseline(
-    params: BaselineParams, language: str, raw_dir: Path, report_path: Path, runtime_path: Path | None = None
+    params: BaselineParams, language: str, raw_dir: Path, report_path: Path, runtime_path: Path | None = None,
+    metrics_path: Path | None = None,
 ) -> dict:
     """Fit the baseline on train, pick C on validation, score test; write the report.
     Switched off (`baseline.enabled: false`), it writes an empty report."""
     if not params.enabled:
-        write_reports(report_path, {}, runtime_path, {})
+        write_reports(report_path, {}, runtime_path, {}, metrics_path)
         return {}
     started = time.perf_counter()
     splits = {split: read_split(raw_dir, split) for split in SPLITS}
@@ -105,7 +106,7 @@ def run_baseline(
         "workers": workers,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_reports(report_path, report, runtime_path, runtime)
+    write_reports(report_path, report, runtime_path, runtime, metrics_path)
     return {**report, **runtime}
 
 
@@ -118,9 +119,11 @@ def multilabel_report(model, validation_x, validation_y: np.ndarray, test_x, tes
             "macro_f1_at_05": at_half["macro_f1"], "micro_f1_at_05": at_half["micro_f1"]}
 
 
-def write_reports(report_path: Path, report: dict, runtime_path: Path | None, runtime: dict) -> None:
+def write_reports(report_path: Path, report: dict, runtime_path: Path | None, runtime: dict, metrics_path: Path | None) -> None:
     with stage_outputs() as outputs:
         outputs.json(report_path, report)
+        if metrics_path is not None:
+            outputs.json(metrics_path, headline("baseline", report))
         if runtime_path is not None:
             outputs.json(runtime_path, runtime)
 

@@ -6,12 +6,13 @@ On the validation split it fits what calibrates the model's probabilities: one t
 and, for multi-label data, one decision threshold per label (the one that maximizes the label's
 validation F1). Then on test:
 
-reports/metrics.json      multiclass: accuracy, macro_f1, loss, documents, per class precision /
+reports/evaluate.json     multiclass: accuracy, macro_f1, loss, documents, per class precision /
                           recall / F1; multi-label: subset accuracy, macro_f1 and micro_f1 at the
                           tuned thresholds and at 0.5 (`*_at_05`), hamming_loss, loss, per label
                           precision / recall / F1 / support; both: ECE (15 bins) and Brier score
                           after and before calibration (`*_uncalibrated`), the temperature (flat
-                          keys: `dvc metrics diff` lines them up across commits)
+                          keys: `dvc metrics diff --targets` lines them up across commits)
+reports/metrics/evaluate.json  the few of them that `dvc metrics show` lists (metrics.HEADLINE)
 reports/confusion.csv     actual,predicted rows by class name (DVC's confusion plot); for label
                           sets one row per true or predicted label, `(missed)` / `(none)` opposite
 reports/errors.csv        the most confident mistakes (per label, for label sets)
@@ -31,7 +32,9 @@ import torch
 from pipeline.data.tokenized import TokenizedSplit
 from pipeline.files import stage_outputs
 from pipeline.inference.calibration import Calibration, per_label
-from pipeline.metrics import MISSED, NONE, bce_sum, calibration_scores, fit_platt, fit_temperature, probabilities, reliability, scores, tune_thresholds
+from pipeline.metrics import (
+    MISSED, NONE, bce_sum, calibration_scores, fit_platt, fit_temperature, headline, probabilities, reliability, scores, tune_thresholds,
+)
 from pipeline.params import Params
 from pipeline.system import available_cores
 from pipeline.training.checkpoint import load_scoring_inputs, model_from_checkpoint
@@ -45,12 +48,14 @@ def run_evaluate(
     checkpoint_path: Path,
     processed: Path,
     raw_dir: Path,
-    metrics_path: Path,
+    report_path: Path,
     confusion_path: Path,
     errors_path: Path,
     calibration_path: Path | None = None,
+    metrics_path: Path | None = None,
 ) -> dict[str, float]:
-    """Calibrate on validation, score the test split, and write the reports."""
+    """Calibrate on validation, score the test split, and write the reports (given a path, the
+    headline figures too)."""
     config = params.evaluate
     torch.set_num_threads(available_cores())
     checkpoint, labels, test, texts = load_scoring_inputs(checkpoint_path, processed, raw_dir)
@@ -68,7 +73,9 @@ def run_evaluate(
             confusion_rows(logits, test.labels, labels, calibration).to_csv(handle, index=False)
         with outputs.file(errors_path) as handle:
             worst_errors(texts, logits, test.labels, labels, calibration, config.errors, config.error_chars).to_csv(handle, index=False)
-        outputs.json(metrics_path, metrics)
+        outputs.json(report_path, metrics)
+        if metrics_path is not None:
+            outputs.json(metrics_path, headline("evaluate", metrics))
         if calibration_path is not None:
             outputs.json(calibration_path, fitted)
     return metrics

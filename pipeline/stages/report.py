@@ -6,7 +6,7 @@ Rendered only from what the stages wrote (nothing is recomputed from data or mod
   reports/runtime/*.json     timings, device and latency of tokenize, train and export
   params.yaml                the params of the run
   reports/train.json, reports/train/plots/metrics/**.tsv   training summary and curves
-  reports/metrics.json, reports/confusion.csv, reports/errors.csv   test results
+  reports/evaluate.json, reports/confusion.csv, reports/errors.csv   test results
   reports/export.json        export sizes, accuracy, latency
   reports/baseline.json      the linear baseline's test accuracy and macro-F1
 Self-contained: the figures are inline SVG (matplotlib), the styles inline, no scripts and
@@ -38,7 +38,7 @@ INPUTS = {
     "data.json": "download",
     "tokenize.json": "tokenize", f"{RUNTIME}/tokenize.json": "tokenize",
     "train.json": "train", f"{RUNTIME}/train.json": "train",
-    "metrics.json": "evaluate", "confusion.csv": "evaluate", "errors.csv": "evaluate", "calibration.json": "evaluate",
+    "evaluate.json": "evaluate", "confusion.csv": "evaluate", "errors.csv": "evaluate", "calibration.json": "evaluate",
     "export.json": "export", f"{RUNTIME}/export.json": "export",
     "baseline.json": "baseline", f"{RUNTIME}/baseline.json": "baseline",
 }
@@ -182,7 +182,7 @@ def curves_figure(live_dir: Path) -> str | None:
 
 MATRIX_CLASSES = 30  # up to this many classes the confusion matrix is drawn whole; above, the top confusions
 TOP_CONFUSIONS = 20
-TABLE_CLASSES = 100  # per-class rows on the page (the most frequent test classes); metrics.json has them all
+TABLE_CLASSES = 100  # per-class rows on the page (the most frequent test classes); evaluate.json has them all
 
 
 def confusion_figure(confusion: pd.DataFrame, labels: list[str]) -> str:
@@ -301,7 +301,7 @@ def run_report(params: Params, params_path: Path, reports: Path, live_dir: Path,
     import yaml
 
     read = {name: (_read_csv if name.endswith(".csv") else _read_json)(reports / name, stage) for name, stage in INPUTS.items()}
-    data, metrics = read["data.json"], read["metrics.json"]
+    data, metrics = read["data.json"], read["evaluate.json"]
     # each stage's metrics and its runtime numbers (timings, device) side by side on the page
     tokenize, train, baseline, export = ({**read[f"{stage}.json"], **read[f"{RUNTIME}/{stage}.json"]} for stage in ("tokenize", "train", "baseline", "export"))
     confusion = read["confusion.csv"].astype(str)
