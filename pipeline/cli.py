@@ -171,7 +171,7 @@ def evaluate(
         micro = f", micro-F1 {result['micro_f1']:.4f} (tuned thresholds)" if "micro_f1" in result else ""
         typer.echo(
             f"evaluate: test {'subset ' if micro else ''}accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}{micro}, "
-            f"ECE {result['ece_uncalibrated']:.4f} -> {result['ece']:.4f} calibrated, on {result['documents']:,} documents -> {metrics}"
+            f"ECE {result['ece_uncalibrated']:.4f} -> {result['ece']:.4f} calibrated, on {result['documents']:,} documents -> {report}"
         )
 
 

@@ -34,3 +34,10 @@ def test_links_resolve_and_nothing_points_outside_the_repository(document):
         if anchor and resolved.suffix == ".md":
             assert anchor in anchors(resolved.read_text(encoding="utf-8")), f"{document.name}: {target}: no such heading"
     assert "../shared" not in text, f"{document.name} names ../shared, which only the maintainers' workspace has"
+
+
+def test_the_readme_is_a_front_door_that_links_every_page():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(readme.split()) < 1500, "README.md: keep it under 1,500 words; the reference belongs in docs/"
+    for page in sorted((REPO / "docs").glob("*.md")):
+        assert f"](docs/{page.name}" in readme, f"README.md does not link docs/{page.name}"

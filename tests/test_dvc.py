@@ -222,3 +222,34 @@ def test_exp_run_trains_in_two_processes(project):
     assert 0 <= report["best_validation"] < 1 and report["epochs"] == 2  # the validation loss
     assert "ddp" in sh("dvc", "exp", "show", "--csv", cwd=project)
     assert not (project / "models" / ".train-resume").exists()
+
+
+def test_a_remote_shares_the_runs_and_ci_reruns_only_what_a_branch_changed(project, tmp_path):
+    """docs/experiments.md's remote and CI recipe: push to a folder remote; a teammate's clone
+    pulls the same outputs; CI's clone runs a branch with `exp run --pull --allow-missing`,
+    fetching only what the changed stages read, and writes the diff as Markdown."""
+    sh("dvc", "repro", cwd=project)
+    storage = tmp_path / "storage"
+    sh("dvc", "remote", "add", "-d", "storage", str(storage), cwd=project)
+    commit_run(project, "first run, and a remote")
+    main = sh("git", "rev-parse", "--abbrev-ref", "HEAD", cwd=project).strip()
+    sh("dvc", "push", "--run-cache", cwd=project)
+
+    teammate = tmp_path / "teammate"
+    sh("git", "clone", "-q", str(project), str(teammate), cwd=tmp_path)
+    sh("dvc", "pull", cwd=teammate)
+    assert "up to date" in sh("dvc", "status", cwd=teammate)
+    for output in ("reports/metrics/evaluate.json", "models/export/model.int8.onnx", "reports/report.html"):
+        assert (teammate / output).read_bytes() == (project / output).read_bytes(), output
+
+    # a branch changes one baseline param; CI's clone has no data until the run asks for it
+    sh("git", "checkout", "-q", "-b", "baseline-c", cwd=teammate)
+    set_param(teammate, "baseline", "C", 0.25)
+    commit_run(teammate, "baseline C 0.25")
+    sh("git", "push", "-q", "origin", "baseline-c", cwd=teammate)
+    ci = tmp_path / "ci"
+    sh("git", "clone", "-q", "--branch", "baseline-c", str(project), str(ci), cwd=tmp_path)
+    assert ran(sh("dvc", "exp", "run", "--pull", "--allow-missing", cwd=ci)) == ["baseline", "report"]
+    assert not (ci / "data" / "processed").exists() and not (ci / "models" / "train").exists()  # never pulled
+    table = sh("dvc", "metrics", "diff", main, "--md", "--all", cwd=ci)
+    assert table.startswith("| Path") and "reports/metrics/baseline.json" in table and "| accuracy" in table, table
