@@ -123,7 +123,6 @@ def train(
     live: Annotated[Path, typer.Option(help="DVCLive folder for the training curves.")] = paths.TRAIN_LIVE,
     resume_dir: Annotated[Path, typer.Option(help="Resume state, kept until the run completes.")] = paths.TRAIN_RESUME,
     runtime: RuntimeFile = paths.TRAIN_RUNTIME,
-    metrics: MetricsFile = paths.TRAIN_METRICS,
     timings: Annotated[Path, typer.Option(help="Folder for the samples/s curve (a timing: not among the curves that compare).", file_okay=False)] = paths.TRAIN_TIMINGS,
     stop_after_steps: Annotated[int | None, typer.Option(hidden=True, help="Tests: fail as a kill would after this many steps.")] = None,
 ) -> None:
@@ -136,11 +135,9 @@ def train(
 
         config = load_params(params)
         if should_launch(config.train.devices):
-            run_train_processes(config, params, data, out, report, live, resume_dir, runtime, timings, stop_after_steps, metrics)
+            run_train_processes(config, params, data, out, report, live, resume_dir, runtime, timings, stop_after_steps)
             return
-        result = run_train(
-            config, data, out, report, live, resume_dir, runtime_path=runtime, stop_after_steps=stop_after_steps, timing_dir=timings, metrics_path=metrics,
-        )
+        result = run_train(config, data, out, report, live, resume_dir, runtime_path=runtime, stop_after_steps=stop_after_steps, timing_dir=timings)
         if not World.from_env().main:
             return
         typer.echo(

@@ -302,17 +302,17 @@ def tune_thresholds(probs: np.ndarray, actual: np.ndarray) -> np.ndarray:
 
 
 # The few figures of each stage that `dvc metrics show` and `dvc exp show` list
-# (reports/metrics/<stage>.json, the stages' DVC metrics), by the names shown there -> the key in
-# the stage's own report (reports/<stage>.json, which keeps everything it measured). evaluate and
-# baseline share `accuracy` and `macro_f1`, so the model and the baseline line up in one column.
+# (reports/metrics/<stage>.json, the stages' DVC metrics): for single labels, then for label
+# sets, {name shown: key in the stage's own report}. The stage's reports/<stage>.json keeps
+# everything it measured. Few enough that `dvc metrics show` fits a terminal (115 columns on
+# IMDB), and no name twice, so `dvc exp show` needs no file prefixes.
 HEADLINE = {
-    "train": {"best_epoch": "best_epoch"},
-    "evaluate": {"accuracy": "accuracy", "macro_f1": "macro_f1", "micro_f1": "micro_f1", "ece": "ece"},
-    "baseline": {"accuracy": "accuracy", "macro_f1": "macro_f1", "micro_f1": "micro_f1"},
-    "export": {"int8_accuracy": "onnx_int8_accuracy", "int8_micro_f1": "onnx_int8_micro_f1", "int8_mb": "onnx_int8_mb"},
+    "evaluate": ({"accuracy": "accuracy", "macro_f1": "macro_f1", "ece": "ece"}, {"macro_f1": "macro_f1", "micro_f1": "micro_f1", "ece": "ece"}),
+    "baseline": ({"baseline_accuracy": "accuracy"}, {"baseline_macro_f1": "macro_f1"}),
+    "export": ({"int8_accuracy": "onnx_int8_accuracy", "int8_mb": "onnx_int8_mb"}, {"int8_micro_f1": "onnx_int8_micro_f1", "int8_mb": "onnx_int8_mb"}),
 }
 
 
-def headline(stage: str, report: dict) -> dict:
+def headline(stage: str, report: dict, multilabel: bool) -> dict:
     """A stage's metrics file: its HEADLINE figures that `report` holds (none for an empty report)."""
-    return {shown: report[key] for shown, key in HEADLINE[stage].items() if key in report}
+    return {shown: report[key] for shown, key in HEADLINE[stage][multilabel].items() if key in report}

@@ -8,7 +8,6 @@ PROCESSED_DIR = Path("data/processed")  # tokenize ->
 DATA_REPORT = Path("reports/data.json")
 TOKENIZE_REPORT = Path("reports/tokenize.json")
 METRICS_DIR = Path("reports/metrics")  # <stage>.json: the few figures `dvc metrics show` lists (DVC metrics)
-TRAIN_METRICS = METRICS_DIR / "train.json"
 EVALUATE_METRICS = METRICS_DIR / "evaluate.json"
 EXPORT_METRICS = METRICS_DIR / "export.json"
 BASELINE_METRICS = METRICS_DIR / "baseline.json"

@@ -60,7 +60,7 @@ FULL = ["no space left on the disk of", "free some space and rerun"]
         ("download", ["--out", "{m}/raw", "--report", "{m}/data.json"], "8k"),
         ("tokenize", ["--raw", "{p}/data/raw", "--out", "{m}/processed", "--report", "{m}/t.json", "--runtime", "{m}/rt.json"], "16k"),
         ("train", ["--data", "{p}/data/processed", "--out", "{m}/train", "--report", "{m}/train.json", "--live", "{m}/live",
-                   "--resume-dir", "{m}/resume", "--runtime", "{m}/rt.json", "--metrics", "{m}/m.json"], "64k"),
+                   "--resume-dir", "{m}/resume", "--runtime", "{m}/rt.json"], "64k"),
         ("export", ["--checkpoint", "{p}/models/train/best.pt", "--data", "{p}/data/processed", "--raw", "{p}/data/raw",
                     "--out", "{m}/export", "--report", "{m}/e.json", "--runtime", "{m}/rt.json", "--metrics", "{m}/m.json"], "64k"),
         ("report", ["--reports", "{p}/reports", "--live", "{p}/reports/train", "--out", "{m}/report.html"], "16k"),

@@ -106,7 +106,7 @@ def run_baseline(
         "workers": workers,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_reports(report_path, report, runtime_path, runtime, metrics_path)
+    write_reports(report_path, report, runtime_path, runtime, metrics_path, multilabel=train_y.ndim == 2)
     return {**report, **runtime}
 
 
@@ -119,11 +119,13 @@ def multilabel_report(model, validation_x, validation_y: np.ndarray, test_x, tes
             "macro_f1_at_05": at_half["macro_f1"], "micro_f1_at_05": at_half["micro_f1"]}
 
 
-def write_reports(report_path: Path, report: dict, runtime_path: Path | None, runtime: dict, metrics_path: Path | None) -> None:
+def write_reports(
+    report_path: Path, report: dict, runtime_path: Path | None, runtime: dict, metrics_path: Path | None, multilabel: bool = False
+) -> None:
     with stage_outputs() as outputs:
         outputs.json(report_path, report)
         if metrics_path is not None:
-            outputs.json(metrics_path, headline("baseline", report))
+            outputs.json(metrics_path, headline("baseline", report, multilabel))
         if runtime_path is not None:
             outputs.json(runtime_path, runtime)
 

@@ -75,7 +75,7 @@ def run_evaluate(
             worst_errors(texts, logits, test.labels, labels, calibration, config.errors, config.error_chars).to_csv(handle, index=False)
         outputs.json(report_path, metrics)
         if metrics_path is not None:
-            outputs.json(metrics_path, headline("evaluate", metrics))
+            outputs.json(metrics_path, headline("evaluate", metrics, test.multilabel))
         if calibration_path is not None:
             outputs.json(calibration_path, fitted)
     return metrics

@@ -342,7 +342,7 @@ def run_export(
         }
         outputs.json(report_path, report)
         if metrics_path is not None:
-            outputs.json(metrics_path, headline("export", report))
+            outputs.json(metrics_path, headline("export", report, test.multilabel))
         if runtime_path is not None:
             outputs.json(runtime_path, runtime)
     return {**report, **runtime}

@@ -26,7 +26,6 @@ import torch
 from pipeline.data.tokenized import TokenizedSplit, read_labels, read_vocab_size
 from pipeline.errors import PipelineError, warn
 from pipeline.files import read_json, sha256_of, stage_outputs
-from pipeline.metrics import headline
 from pipeline.models import build_model, check_fits
 from pipeline.params import Params
 from pipeline.system import available_cores
@@ -51,7 +50,6 @@ def run_train(
     progress: bool | None = None,
     stop_after_steps: int | None = None,
     timing_dir: Path | None = None,
-    metrics_path: Path | None = None,
 ) -> dict[str, Any]:
     """Train `params.model` on data/processed; returns the report (metrics and runtime together).
     In a process that torchrun started, joins the process group and trains its share (every
@@ -81,7 +79,7 @@ def run_train(
                 trainer.save(trainer.validate())
         if not trainer.validated_last_step:  # eval_every left a tail unvalidated
             trainer.save(trainer.validate())
-        return finish(trainer, time.perf_counter() - started, out_dir, (report_path, metrics_path), runtime_path)
+        return finish(trainer, time.perf_counter() - started, out_dir, report_path, runtime_path)
 
 
 def _shown(value: object) -> str:
@@ -138,11 +136,8 @@ def class_weights(train: TokenizedSplit, classes: int) -> np.ndarray:
     return len(train) / (classes * np.maximum(counts, 1))
 
 
-def finish(
-    trainer: Trainer, wall_seconds: float, out_dir: Path, report_paths: tuple[Path, Path | None], runtime_path: Path | None
-) -> dict[str, Any]:
-    """Rank 0 moves best.pt into the outputs, writes the reports (the whole one and, given a path,
-    its headline figures) and removes the resume state;
+def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Path, runtime_path: Path | None) -> dict[str, Any]:
+    """Rank 0 moves best.pt into the outputs, writes the reports and removes the resume state;
     every rank returns the same report, once the outputs are complete."""
     setup, progress, tracker = trainer.setup, trainer.progress, trainer.tracker
     config, device = setup.params.train, setup.device
@@ -176,10 +171,7 @@ def finish(
         trainer.curves.close()
         with stage_outputs() as outputs:
             outputs.link(setup.resume_dir / "best.pt", outputs.folder(out_dir) / "best.pt")
-            report_path, metrics_path = report_paths
             outputs.json(report_path, report)
-            if metrics_path is not None:
-                outputs.json(metrics_path, headline("train", report))
             if runtime_path is not None:
                 outputs.json(runtime_path, runtime)
         remove_resume_dir(setup.resume_dir)
@@ -189,7 +181,7 @@ def finish(
 
 def run_train_processes(
     params: Params, params_path: Path, processed: Path, out_dir: Path, report_path: Path, live_dir: Path,
-    resume_dir: Path, runtime_path: Path, timing_dir: Path, stop_after_steps: int | None = None, metrics_path: Path | None = None,
+    resume_dir: Path, runtime_path: Path, timing_dir: Path, stop_after_steps: int | None = None,
 ) -> None:
     """Run the train command in `train.devices` processes under torchrun and wait for them. What
     would fail in every process fails here first, once; a process's own error is reported in one
@@ -200,8 +192,6 @@ def run_train_processes(
         resolve_device(params.train.device, local_rank=devices - 1)
     argv = ["train", "--params", str(params_path), "--data", str(processed), "--out", str(out_dir), "--report", str(report_path)]
     argv += ["--live", str(live_dir), "--resume-dir", str(resume_dir), "--runtime", str(runtime_path), "--timings", str(timing_dir)]
-    if metrics_path is not None:
-        argv += ["--metrics", str(metrics_path)]
     if stop_after_steps is not None:
         argv += ["--stop-after-steps", str(stop_after_steps)]
     launched = launch(devices, argv)
