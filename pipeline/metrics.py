@@ -304,7 +304,7 @@ def tune_thresholds(probs: np.ndarray, actual: np.ndarray) -> np.ndarray:
 # The few figures of each stage that `dvc metrics show` and `dvc exp show` list
 # (reports/metrics/<stage>.json, the stages' DVC metrics): for single labels, then for label
 # sets, {name shown: key in the stage's own report}. The stage's reports/<stage>.json keeps
-# everything it measured. Few enough that `dvc metrics show` fits a terminal (115 columns on
+# everything it measured. Few enough that `dvc metrics show` fits a terminal (109 columns on
 # IMDB), and no name twice, so `dvc exp show` needs no file prefixes.
 HEADLINE = {
     "evaluate": ({"accuracy": "accuracy", "macro_f1": "macro_f1", "ece": "ece"}, {"macro_f1": "macro_f1", "micro_f1": "micro_f1", "ece": "ece"}),
