@@ -193,7 +193,7 @@ def test_bad_params_in_exp_run_name_the_key(project):
     sh("git", "checkout", "params.yaml", cwd=project)  # a failed run leaves its params in the workspace
     assert "train.lr: Input should be a valid number (got 'fast')" in failing("-S", "train.lr=fast")
 
-    # the recovery the README gives: DVC deletes a stage's outputs before running it; a failed run
+    # the recovery docs/experiments.md gives: DVC deletes a stage's outputs before running it; a failed run
     # leaves them deleted and its params in params.yaml, and `git restore` + `dvc checkout` undo both
     sh("git", "restore", "params.yaml", cwd=project)
     sh("dvc", "repro", "download", cwd=project)

@@ -24,7 +24,7 @@ What it protects against, so that one client cannot hurt the others:
   - every error body is JSON {"error": ...}, internal failures included (500).
 Uvicorn's graceful shutdown on SIGTERM lets in-flight requests finish; the batch thread and the
 tokenizing processes stop after them. Not here: authentication and TLS (put a reverse proxy
-in front); see the README's serving section.
+in front); see docs/inference.md, Serving.
 
 Import pipeline.text.torchless before this module where torch must stay out (the CLI does).
 """

