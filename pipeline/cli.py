@@ -155,6 +155,7 @@ def evaluate(
     raw: Annotated[Path, typer.Option(help="Folder written by the download stage (for the texts of errors).")] = paths.RAW_DIR,
     report: Annotated[Path, typer.Option(help="Where to write everything measured on test (JSON).")] = paths.EVALUATE_REPORT,
     metrics: MetricsFile = paths.EVALUATE_METRICS,
+    scores: Annotated[Path, typer.Option(help="Folder for the test logits (export's gate reuses them).", file_okay=False)] = paths.EVALUATE_SCORES,
     confusion: Annotated[Path, typer.Option(help="Where to write actual,predicted rows (CSV).")] = paths.CONFUSION,
     errors: Annotated[Path, typer.Option(help="Where to write the most confident mistakes (CSV).")] = paths.ERRORS,
     calibration: Annotated[Path, typer.Option(help="Where to write the temperature(s) and thresholds fitted on validation (JSON).", dir_okay=False)] = paths.CALIBRATION,
@@ -164,7 +165,7 @@ def evaluate(
         from pipeline.params import load_params
         from pipeline.stages.evaluate import run_evaluate
 
-        result = run_evaluate(load_params(params), checkpoint, data, raw, report, confusion, errors, calibration, metrics)
+        result = run_evaluate(load_params(params), checkpoint, data, raw, report, confusion, errors, calibration, metrics, scores)
         micro = f", micro-F1 {result['micro_f1']:.4f} (tuned thresholds)" if "micro_f1" in result else ""
         typer.echo(
             f"evaluate: test {'subset ' if micro else ''}accuracy {result['accuracy']:.4f}, macro-F1 {result['macro_f1']:.4f}{micro}, "
@@ -182,6 +183,7 @@ def export(
     report: Annotated[Path, typer.Option(help="Where to write the export report (JSON).")] = paths.EXPORT_REPORT,
     runtime: RuntimeFile = paths.EXPORT_RUNTIME,
     metrics: MetricsFile = paths.EXPORT_METRICS,
+    scores: Annotated[Path, typer.Option(help="The evaluate stage's test logits, reused when computed on a CPU.", file_okay=False)] = paths.EVALUATE_SCORES,
     calibration: Annotated[Path, typer.Option(help="The evaluate stage's calibration (JSON), for the bundle.", dir_okay=False)] = paths.CALIBRATION,
 ) -> None:
     """Export the best checkpoint to ONNX (fp32 and int8), check parity, measure accuracy and latency."""
@@ -189,11 +191,11 @@ def export(
         from pipeline.params import load_params
         from pipeline.stages.export import run_export
 
-        r = run_export(load_params(params), checkpoint, data, raw, out, report, runtime, calibration, metrics)
+        r = run_export(load_params(params), checkpoint, data, raw, out, report, runtime, calibration, metrics, scores)
         quality = "micro_f1" if "torch_fp32_micro_f1" in r else "accuracy"
         typer.echo(
-            f"export: {quality.replace('_f1', '-F1')} torch {r[f'torch_fp32_{quality}']:.4f}, onnx fp32 {r[f'onnx_fp32_{quality}']:.4f}, "
-            f"int8 {r[f'onnx_int8_{quality}']:.4f}; max |logit diff| {r['onnx_fp32_max_abs_diff']:.1e}; "
+            f"export: {quality.replace('_f1', '-F1')} torch {r[f'torch_fp32_{quality}']:.4f}, int8 {r[f'onnx_int8_{quality}']:.4f}; "
+            f"onnx fp32 max |logit diff| {r['onnx_fp32_max_abs_diff']:.1e} on {r['onnx_fp32_checked_documents']:,} documents; "
             f"int8 {r['onnx_int8_bytes'] / 1e6:.1f} MB ({r['onnx_int8_size_ratio']:.0%} of fp32), "
             f"batch-1 p50 {r['latency_ms_batch1_onnx_int8']:.3f} ms ({r['int8_speedup_batch1']:.1f}x torch) -> {out}"
         )

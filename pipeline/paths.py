@@ -23,6 +23,7 @@ TRAIN_RESUME = Path("models/.train-resume")  # not a DVC output, so DVC leaves i
 TRAIN_REPORT = Path("reports/train.json")
 TRAIN_LIVE = Path("reports/train")  # DVCLive: per-validation curves under plots/metrics/
 EVALUATE_REPORT = Path("reports/evaluate.json")  # evaluate -> everything it measured on test
+EVALUATE_SCORES = Path("models/evaluate")  # evaluate -> the test logits -> export's gate
 CONFUSION = Path("reports/confusion.csv")
 CALIBRATION = Path("reports/calibration.json")  # evaluate -> the fitted temperature(s) and thresholds -> export
 ERRORS = Path("reports/errors.csv")

@@ -35,7 +35,7 @@ def records(result: subprocess.CompletedProcess) -> list[dict]:
 
 
 def test_bundle_and_report(project):
-    report_keys = {"onnx_fp32_accuracy", "onnx_int8_accuracy", "onnx_fp32_max_abs_diff", "onnx_fp32_bytes", "onnx_int8_bytes"}
+    report_keys = {"torch_fp32_accuracy", "onnx_int8_accuracy", "onnx_fp32_max_abs_diff", "onnx_fp32_checked_documents", "onnx_fp32_bytes", "onnx_int8_bytes"}
     runtime_keys = {
         "latency_ms_batch1_torch_fp32", "latency_ms_batch1_onnx_fp32", "latency_ms_batch1_onnx_int8",
         "throughput_batch64_onnx_int8", "int8_speedup_batch1", "opset", "threads", "seconds",
@@ -47,11 +47,12 @@ def test_bundle_and_report(project):
     assert all(isinstance(v, (int, float)) for v in report.values())  # flat numbers: DVC metrics
     assert all(runtime[k] > 0 for k in runtime_keys)
     assert report["onnx_fp32_max_abs_diff"] <= 1e-4
-    # the PyTorch accuracy here is the evaluate stage's, and ONNX fp32 agrees with it
+    # PyTorch's test logits are the evaluate stage's (computed on this CPU), not a second pass
     metrics = json.loads((project / "reports" / "evaluate.json").read_text())
-    assert report["torch_fp32_accuracy"] == metrics["accuracy"] == report["onnx_fp32_accuracy"]
-    assert abs(report["onnx_int8_accuracy"] - report["onnx_fp32_accuracy"]) <= 0.05
+    assert report["torch_fp32_accuracy"] == metrics["accuracy"] and runtime["torch_test_logits"] == "evaluate"
+    assert abs(report["onnx_int8_accuracy"] - report["torch_fp32_accuracy"]) <= 0.05
     assert report["documents"] == 140 and report["tokenizer_checked_documents"] == 140
+    assert report["onnx_fp32_checked_documents"] == 140  # fewer than export.parity_documents: all of them
 
     bundle = project / "models" / "export"
     manifest = json.loads((bundle / MANIFEST).read_text())
@@ -79,8 +80,8 @@ def test_every_architecture_exports_with_parity(project, arch, tmp_path):
     run_train(params, processed, tmp_path / "models", tmp_path / "train.json", tmp_path / "live", tmp_path / "resume", progress=False)
     report = run_export(params, tmp_path / "models" / "best.pt", processed, raw, tmp_path / "export", tmp_path / "export.json")
     assert report["onnx_fp32_max_abs_diff"] <= 1e-4, report
-    assert report["onnx_fp32_accuracy"] == report["torch_fp32_accuracy"]
-    assert abs(report["onnx_int8_accuracy"] - report["onnx_fp32_accuracy"]) <= 0.1
+    assert report["onnx_fp32_checked_documents"] == 140 and report["torch_test_logits"] == "export"  # no evaluate here
+    assert abs(report["onnx_int8_accuracy"] - report["torch_fp32_accuracy"]) <= 0.1
     quantized = set(json.loads((tmp_path / "export" / MANIFEST).read_text())["int8_quantized_ops"])
     assert quantized >= {"DynamicQuantizeLSTM"} if arch == "lstm" else quantized >= {"DequantizeLinear"}
 

@@ -20,6 +20,7 @@ from pipeline.params import Params, TrainParams, parse_params
 from pipeline.stages.tokenize import run_tokenize
 from pipeline.stages.train import SimulatedKill, run_train
 from pipeline.training.early_stopping import Tracker
+from pipeline.training.live import EpochEstimate
 from pipeline.training.schedule import learning_rate
 
 
@@ -284,3 +285,24 @@ def test_a_batch_larger_than_the_train_split_is_capped(processed, tmp_path, caps
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
     assert warnings == [f"warning: train.batch_size 100,000 is more than the {report['train_documents']:,} train documents; "
                         f"batches of {report['train_documents']:,}"]
+
+
+def test_a_long_epoch_is_announced_from_the_first_steps():
+    estimate = EpochEstimate(documents=10_000, epochs=3)
+    assert estimate.update(32, 1.0) is None  # the first step warms up: not measured
+    lines = [estimate.update(32 * (step + 1), 1.0 + step) for step in range(1, 6)]  # then 32 samples/s
+    assert lines[:-1] == [None] * 4  # five steps measured before it speaks
+    assert lines[-1].startswith("train: an epoch will take about 5 min (32.0 samples/s over the first 6 steps)")
+    assert "up to 3 epochs: about 16 min" in lines[-1]
+    assert estimate.update(10_000, 100.0) is None  # said once
+    quick = EpochEstimate(documents=10_000, epochs=3)
+    assert [quick.update(1000 * step, 0.1 * step) for step in range(10)] == [None] * 10  # an epoch of 1 s is not worth a line
+
+
+def test_train_prints_the_estimate_when_an_epoch_is_long(processed, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("pipeline.training.live.LONG_EPOCH_SECONDS", 0.0)  # every epoch counts as long
+    monkeypatch.setattr("pipeline.training.live.ESTIMATE_STEPS", 1)
+    monkeypatch.setattr("pipeline.training.live.ESTIMATE_SECONDS", 0.0)
+    train_once(make_params(max_epochs=1), processed, tmp_path)
+    lines = [line for line in capsys.readouterr().out.splitlines() if "an epoch will take about" in line]
+    assert len(lines) == 1 and "up to 1 epoch: about" in lines[0], lines

@@ -86,15 +86,17 @@ def run_session(session, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return session.run(None, {"ids": ids, "lengths": lengths})[0]
 
 
-def session_logits(session, split: TokenizedSplit, batch_size: int) -> np.ndarray:
-    """float32 logits for a tokenized split in its order, batched by length like `predict_logits`."""
+def session_logits(session, split: TokenizedSplit, batch_size: int, subset: np.ndarray | None = None) -> np.ndarray:
+    """float32 logits for a tokenized split in its order, batched by length like `predict_logits`;
+    with `subset` (document indices), of those documents only, in that order."""
+    subset = np.arange(len(split)) if subset is None else subset
     out: np.ndarray | None = None
-    for indices in length_grouped_batches(split.lengths, batch_size):
-        ids, lengths, _ = split.batch(indices)
+    for rows in length_grouped_batches(split.lengths[subset], batch_size):  # positions in subset
+        ids, lengths, _ = split.batch(subset[rows])
         logits = run_session(session, ids, lengths)
         if out is None:
-            out = np.zeros((len(split), logits.shape[1]), dtype=np.float32)
-        out[indices] = logits
+            out = np.zeros((len(subset), logits.shape[1]), dtype=np.float32)
+        out[rows] = logits
     return out if out is not None else np.zeros((0, 0), dtype=np.float32)
 
 

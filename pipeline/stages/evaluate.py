@@ -18,6 +18,8 @@ reports/confusion.csv     actual,predicted rows by class name (DVC's confusion p
 reports/errors.csv        the most confident mistakes (per label, for label sets)
 reports/calibration.json  temperature(s), thresholds (calibrated and not), reliability bins:
                           what export puts in the bundle (export.calibrate)
+models/evaluate/         the test logits (test_logits.npy), which export's gate reuses when
+                          they were computed on a CPU: PyTorch need not score the split twice
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from pipeline.params import Params
 from pipeline.system import available_cores
 from pipeline.training.checkpoint import load_scoring_inputs, model_from_checkpoint
 from pipeline.training.device import resolve_device
-from pipeline.training.loader import predict_logits
+from pipeline.training.loader import predict_logits, save_test_logits
 
 
 
@@ -53,6 +55,7 @@ def run_evaluate(
     errors_path: Path,
     calibration_path: Path | None = None,
     metrics_path: Path | None = None,
+    scores_dir: Path | None = None,
 ) -> dict[str, float]:
     """Calibrate on validation, score the test split, and write the reports (given a path, the
     headline figures too)."""
@@ -78,6 +81,8 @@ def run_evaluate(
             outputs.json(metrics_path, headline("evaluate", metrics, test.multilabel))
         if calibration_path is not None:
             outputs.json(calibration_path, fitted)
+        if scores_dir is not None:
+            save_test_logits(outputs.folder(scores_dir), logits, device)
     return metrics
 
 

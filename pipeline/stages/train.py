@@ -64,6 +64,9 @@ def run_train(
         console = Console(progress if world.main else False)
         if world.main:
             console.line(f"train: {params.model.arch}, " + ", ".join(f"{key} {_shown(getattr(setup.params.train, key))}" for key in RESOLVED_KEYS))
+            if params.model.arch == "pretrained" and device.type == "cpu":
+                console.line("train: fine-tuning a pretrained transformer on the CPU is slow (often hours); a GPU is the place for it "
+                             "(train.device auto uses CUDA when present: docs/gpu.md)")
             if setup.class_weights is not None:
                 shown = ", ".join(f"{name} {weight:.3g}" for name, weight in zip(setup.labels[:10], setup.class_weights))
                 console.line(f"train: class weights (balanced{', positive weight per label' if setup.train.multilabel else ''}): {shown}"

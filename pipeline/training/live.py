@@ -107,3 +107,45 @@ class Console:
             self.bar.write(text)
         else:
             print(text, flush=True)
+
+
+LONG_EPOCH_SECONDS = 180.0  # an epoch expected to last longer is announced, with the run's length, from its first steps
+ESTIMATE_STEPS, ESTIMATE_SECONDS = 5, 20.0  # measured over this many steps (at least 2 s) or this many seconds, after the first
+
+
+def duration(seconds: float) -> str:
+    """42 s, 23 min, 1 h 9 min."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
+
+
+class EpochEstimate:
+    """The expected time of an epoch, from the samples/s of the first steps this process takes
+    (the very first step, which allocates and warms up, is left out); said once, if it is long."""
+
+    def __init__(self, documents: int, epochs: int):
+        self.documents, self.epochs = documents, epochs
+        self.start: tuple[int, float] | None = None
+        self.steps, self.done = 0, False
+
+    def update(self, samples: int, seconds: float) -> str | None:
+        """After each optimizer step, the run's samples and training seconds so far; returns the
+        line to print, once."""
+        if self.done:
+            return None
+        if self.start is None:
+            self.start = (samples, seconds)
+            return None
+        self.steps += 1
+        counted, elapsed = samples - self.start[0], seconds - self.start[1]
+        if not (elapsed >= ESTIMATE_SECONDS or (self.steps >= ESTIMATE_STEPS and elapsed >= 2.0)):
+            return None
+        self.done = True
+        rate = counted / max(elapsed, 1e-9)
+        epoch = self.documents / max(rate, 1e-9)
+        if epoch < LONG_EPOCH_SECONDS:
+            return None
+        return (f"train: an epoch will take about {duration(epoch)} ({rate:,.1f} samples/s over the first {self.steps + 1} steps); "
+                f"up to {self.epochs} epoch{'s' if self.epochs != 1 else ''}: about {duration(epoch * self.epochs)} (early stopping may end it sooner)")

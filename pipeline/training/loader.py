@@ -3,6 +3,9 @@ evaluate, export)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -71,3 +74,28 @@ def predict_logits(
         logits[indices] = out
     model.train(was_training)
     return logits
+
+
+SAVED_LOGITS_LIMIT = 16_000_000  # floats (64 MB): past this, evaluate does not keep the test logits and export scores again
+TEST_LOGITS, TEST_LOGITS_INFO = "test_logits.npy", "test_logits.json"
+
+
+def save_test_logits(folder: Path, logits: np.ndarray, device: torch.device) -> None:
+    """evaluate's PyTorch test logits, for export's gate: the same computation on a CPU, so
+    export need not score the split with PyTorch again (none past the size limit). .npy and
+    JSON, which carry no clock (np.savez's zip entries would)."""
+    kept = logits.size <= SAVED_LOGITS_LIMIT
+    np.save(folder / TEST_LOGITS, (logits if kept else np.zeros((0, 0))).astype(np.float32))
+    info = {"device": device.type, "documents": int(logits.shape[0]), "classes": int(logits.shape[1]), "kept": kept}
+    (folder / TEST_LOGITS_INFO).write_text(json.dumps(info, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def reusable_test_logits(folder: Path | None, documents: int, classes: int) -> np.ndarray | None:
+    """The test logits evaluate saved, when they were computed on a CPU and fit this split."""
+    if folder is None or not (folder / TEST_LOGITS_INFO).is_file():
+        return None
+    info = json.loads((folder / TEST_LOGITS_INFO).read_text(encoding="utf-8"))
+    if info.get("device") != "cpu" or not info.get("kept"):
+        return None
+    logits = np.load(folder / TEST_LOGITS)
+    return logits if logits.shape == (documents, classes) else None

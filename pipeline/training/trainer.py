@@ -54,7 +54,7 @@ from pipeline.training.checkpoint import inference_state, load_checkpoint, rng_s
 from pipeline.training.device import autocast
 from pipeline.training.distributed import World, shard
 from pipeline.training.early_stopping import Tracker
-from pipeline.training.live import Console, Curves
+from pipeline.training.live import Console, Curves, EpochEstimate
 from pipeline.training.loader import batch_loader, predict_logits, to_device
 from pipeline.training.optimizers import dense_embeddings, make_optimizers, optimizer_step
 from pipeline.training.schedule import learning_rate
@@ -182,6 +182,7 @@ class Trainer:
         self.loss_sum, self.loss_count = torch.zeros((), device=setup.device), 0  # summed on the device: no per-step sync
         self.weights = torch.tensor(setup.class_weights, dtype=torch.float32, device=setup.device) if setup.class_weights is not None else None
         self.epoch_batches, self.epoch_ended, self.tick = 0, False, 0.0
+        self.estimate = EpochEstimate(len(setup.train), self.config.max_epochs)
 
     @property
     def resume_path(self) -> Path:
@@ -280,6 +281,8 @@ class Trainer:
         progress.step += 1
         now = time.perf_counter()
         progress.train_seconds, self.tick = progress.train_seconds + now - self.tick, now
+        if (line := self.estimate.update(progress.samples, progress.train_seconds)) is not None:
+            self.say(line)
         if self.console.interactive and progress.step % 20 == 0:  # the bar counts batches
             self.console.advance(progress.batch - self.console.shown, self.loss_sum.item() / self.loss_count, progress.samples_per_second)
         if self.epoch_ended:
