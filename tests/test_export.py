@@ -315,3 +315,26 @@ def test_two_folders_give_byte_identical_checkpoints_and_bundles(project, tmp_pa
         digests.append({path.relative_to(root).as_posix(): sha256_of(path) for path in files})
         assert all(str(tmp_path).encode() not in path.read_bytes() for path in files)
     assert digests[0] == digests[1]
+
+
+def test_the_parity_sample_is_seeded_and_the_speed_measurement_keeps_to_its_budget():
+    import time
+
+    import numpy as np
+
+    from pipeline.stages.export import parity_sample, time_blocks
+
+    assert np.array_equal(parity_sample(140, 1000, 0), np.arange(140))  # a small split: every document
+    sample = parity_sample(24_799, 1000, 0)
+    assert len(sample) == len(set(sample)) == 1000 and np.array_equal(sample, np.sort(sample))
+    assert np.array_equal(sample, parity_sample(24_799, 1000, 0)) and not np.array_equal(sample, parity_sample(24_799, 1000, 1))
+
+    def slow(ids, lengths):
+        time.sleep(0.005)
+
+    inputs = [(None, None)] * 100
+    rng = np.random.default_rng(0)
+    everything = time_blocks({"a": slow, "b": slow}, inputs, 0, 10, rng)
+    assert [len(times) for times in everything.values()] == [100, 100]
+    capped = time_blocks({"a": slow, "b": slow}, inputs, 0, 10, rng, budget_seconds=0.15)
+    assert all(10 <= len(times) < 100 and len(times) % 10 == 0 for times in capped.values()), capped  # whole rounds, fewer of them
