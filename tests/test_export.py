@@ -338,3 +338,18 @@ def test_the_parity_sample_is_seeded_and_the_speed_measurement_keeps_to_its_budg
     assert [len(times) for times in everything.values()] == [100, 100]
     capped = time_blocks({"a": slow, "b": slow}, inputs, 0, 10, rng, budget_seconds=0.15)
     assert all(10 <= len(times) < 100 and len(times) % 10 == 0 for times in capped.values()), capped  # whole rounds, fewer of them
+
+
+def test_evaluate_logits_stand_in_for_pytorch_only_when_computed_on_a_cpu(tmp_path):
+    import numpy as np
+    import torch
+
+    from pipeline.training.loader import reusable_test_logits, save_test_logits
+
+    logits = np.arange(12, dtype=np.float32).reshape(6, 2)
+    for name, device in (("cpu", "cpu"), ("cuda", "cuda")):
+        (tmp_path / name).mkdir()
+        save_test_logits(tmp_path / name, logits, torch.device(device))
+    assert np.array_equal(reusable_test_logits(tmp_path / "cpu", 6, 2), logits)
+    assert reusable_test_logits(tmp_path / "cuda", 6, 2) is None  # another computation: export scores again
+    assert reusable_test_logits(tmp_path / "cpu", 7, 2) is None and reusable_test_logits(tmp_path / "none", 6, 2) is None
