@@ -316,7 +316,7 @@ class ExportParams(Section):
     throughput_batches: int = Field(default=30, ge=1)  # batch-64 calls timed per engine
     seed: Seed = 0  # which test documents are timed
     max_abs_diff: float = Field(default=1e-3, gt=0)  # the gate: fp32 ONNX logits may differ from PyTorch's by at most this (and no argmax may differ)
-    parity_documents: int = Field(default=1000, ge=1)  # the gate compares fp32 ONNX with PyTorch on this many test documents (seeded) and edge inputs
+    parity_documents: int = Field(default=500, ge=1)  # the gate compares fp32 ONNX with PyTorch on this many test documents (seeded) and edge inputs
     max_int8_drop: float = Field(default=0.01, ge=0, le=1)  # the gate: int8 test accuracy (multi-label: micro-F1) may be at most this below PyTorch's (0.01 = 1 point)
     calibrate: bool = True  # the bundle's probabilities use the temperature(s) evaluate fitted on validation (reports/calibration.json)
 

@@ -102,7 +102,7 @@ def test_ag_news_pipeline_reaches_a_real_accuracy(tmp_path):
     assert {"World_f1", "Sports_f1", "Business_f1", "Sci/Tech_f1"} <= metrics.keys()
     export = json.loads((tmp_path / "reports" / "export.json").read_text())
     assert export["torch_fp32_accuracy"] == metrics["accuracy"]
-    assert export["onnx_fp32_checked_documents"] == 1000  # export.parity_documents of the 1,520
+    assert export["onnx_fp32_checked_documents"] == 500  # export.parity_documents of the 1,520
     assert abs(export["onnx_int8_accuracy"] - export["torch_fp32_accuracy"]) <= 0.005  # int8 stays close
     assert export["onnx_int8_bytes"] <= 0.3 * export["onnx_fp32_bytes"]
 

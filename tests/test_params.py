@@ -172,7 +172,7 @@ TYPE = [
     ("download.revision", 7, "valid string"),
     ("download.dedup", "yes", "valid boolean"),
     ("export.max_abs_diff", "0.001", "valid number"),
-    ("export.parity_documents", "1000", "valid integer"),
+    ("export.parity_documents", "500", "valid integer"),
     ("export.max_int8_drop", "0.01", "valid number"),
     ("export.calibrate", "on", "valid boolean"),
     ("baseline.enabled", "on", "valid boolean"),
