@@ -198,11 +198,12 @@ def check_gate(
     pass_seconds = time.perf_counter() - started
     sample = parity_sample(len(test), config.parity_documents, config.seed)
     fp32_logits = session_logits(fp32_session, test, config.batch_size, subset=sample)
+    torch_sample = torch_logits[sample]
     edge_ids, edge_lengths = edge_inputs(test)
     with torch.inference_mode():
         edge_torch = model(torch.from_numpy(edge_ids), torch.from_numpy(edge_lengths)).numpy()
     edge_fp32 = run_session(fp32_session, edge_ids, edge_lengths)
-    fp32_diff = max(max_abs_diff(fp32_logits, torch_logits[sample]), max_abs_diff(edge_fp32, edge_torch))
+    fp32_diff = max(max_abs_diff(fp32_logits, torch_sample), max_abs_diff(edge_fp32, edge_torch))
     int8_diff = max(max_abs_diff(int8_logits, torch_logits), max_abs_diff(run_session(int8_session, edge_ids, edge_lengths), edge_torch))
     if not fp32_diff <= config.max_abs_diff:  # also catches NaN
         raise PipelineError(
@@ -210,7 +211,7 @@ def check_gate(
             "the exported graph is wrong: the bundle was not replaced"
         )
     decide = calibration.decisions
-    flipped = int(differing(decide(fp32_logits), decide(torch_logits[sample]))) + int(differing(decide(edge_fp32), decide(edge_torch)))
+    flipped = int(differing(decide(fp32_logits), decide(torch_sample))) + int(differing(decide(edge_fp32), decide(edge_torch)))
     if flipped:
         raise PipelineError(
             f"export gate: ONNX fp32 {'decides a label otherwise' if test.multilabel else 'predicts another class'} than PyTorch for {flipped} inputs; "
@@ -303,9 +304,10 @@ def measure_speed(engines: dict[str, Callable], test: TokenizedSplit, config: Ex
     for name, times in batch_times.items():
         result[f"throughput_batch64_{name}"] = round(THROUGHPUT_BATCH * len(times) / float(times.sum()), 1)
     result["latency_block_calls"] = LATENCY_BLOCK
-    result["latency_blocks_per_engine"] = len(next(iter(single_times.values()))) // LATENCY_BLOCK
-    result["latency_calls_per_engine"] = len(next(iter(single_times.values())))
-    result["throughput_batches_per_engine"] = len(next(iter(batch_times.values())))
+    calls, batches_timed = len(next(iter(single_times.values()))), len(next(iter(batch_times.values())))  # the same for every engine
+    result["latency_blocks_per_engine"] = calls // LATENCY_BLOCK
+    result["latency_calls_per_engine"] = calls
+    result["throughput_batches_per_engine"] = batches_timed
     return result
 
 

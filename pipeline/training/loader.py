@@ -3,7 +3,6 @@ evaluate, export)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
+from pipeline.files import read_json, write_json
 from pipeline.training.device import autocast
 
 
@@ -86,15 +86,14 @@ def save_test_logits(folder: Path, logits: np.ndarray, device: torch.device) -> 
     JSON, which carry no clock (np.savez's zip entries would)."""
     kept = logits.size <= SAVED_LOGITS_LIMIT
     np.save(folder / TEST_LOGITS, (logits if kept else np.zeros((0, 0))).astype(np.float32))
-    info = {"device": device.type, "documents": int(logits.shape[0]), "classes": int(logits.shape[1]), "kept": kept}
-    (folder / TEST_LOGITS_INFO).write_text(json.dumps(info, sort_keys=True) + "\n", encoding="utf-8")
+    write_json(folder / TEST_LOGITS_INFO, {"device": device.type, "documents": int(logits.shape[0]), "classes": int(logits.shape[1]), "kept": kept})
 
 
 def reusable_test_logits(folder: Path | None, documents: int, classes: int) -> np.ndarray | None:
     """The test logits evaluate saved, when they were computed on a CPU and fit this split."""
     if folder is None or not (folder / TEST_LOGITS_INFO).is_file():
         return None
-    info = json.loads((folder / TEST_LOGITS_INFO).read_text(encoding="utf-8"))
+    info = read_json(folder / TEST_LOGITS_INFO, "rerun the evaluate stage")
     if info.get("device") != "cpu" or not info.get("kept"):
         return None
     logits = np.load(folder / TEST_LOGITS)
