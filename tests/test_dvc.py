@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 from conftest import REPO, labelled_rows, write_csv
 
 from pipeline.params import Params
@@ -40,9 +41,8 @@ def ran(output: str) -> list[str]:
     return sorted(line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage"))
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    root = tmp_path / "project"
+def new_project(root: Path) -> Path:
+    """The pipeline and the default params in a fresh git + DVC repo, with a small CSV source."""
     root.mkdir()
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
@@ -61,6 +61,34 @@ def project(tmp_path: Path) -> Path:
     sh("dvc", "init", "-q", cwd=root)
     sh("git", "add", "-A", cwd=root)
     sh("git", "commit", "-qm", "init", cwd=root)
+    return root
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    return new_project(tmp_path / "project")
+
+
+@pytest.fixture(scope="session")
+def first_run(tmp_path_factory) -> Path:
+    """A project after `dvc repro` and a commit of its lock file, made once for the whole session:
+    pytest-xdist's workers share it (the first one to get here builds it, under a file lock)."""
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every worker
+    root, done = shared / "dvc-first-run", shared / "dvc-first-run.done"
+    with FileLock(str(shared / "dvc-first-run.lock")):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            assert ran(sh("dvc", "repro", cwd=new_project(root))) == STAGES
+            commit_run(root, "first run")
+            done.touch()
+    return root
+
+
+@pytest.fixture
+def reproduced(first_run: Path, tmp_path: Path) -> Path:
+    """A copy of `first_run` of this test's own (without DVC's per-repo runtime state)."""
+    root = tmp_path / "project"
+    shutil.copytree(first_run, root, symlinks=True, ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
     return root
 
 
@@ -92,10 +120,9 @@ def experiments(root: Path) -> dict[str, dict]:
     return found
 
 
-def test_repro_experiments_and_diffs(project):
-    assert ran(sh("dvc", "repro", cwd=project)) == STAGES
+def test_repro_experiments_and_diffs(reproduced):
+    project = reproduced  # every stage ran (the fixture checks), in another folder: here nothing is stale
     assert (project / "models" / "export" / "model.int8.onnx").is_file() and (project / "reports" / "report.html").is_file()
-    commit_run(project, "first run")
     assert ran(sh("dvc", "repro", cwd=project)) == []
 
     # a train param reruns train and every stage after it; exp show holds its params and metrics
@@ -162,9 +189,8 @@ def test_repro_experiments_and_diffs(project):
     assert "tokenize:" in status and "baseline:" in status and "data/raw" in status, status
 
 
-def test_queue_runs_every_queued_experiment(project):
-    sh("dvc", "repro", cwd=project)
-    commit_run(project, "first run")
+def test_queue_runs_every_queued_experiment(reproduced):
+    project = reproduced
     # report params: each queued experiment reruns one stage, so the queue itself is what is timed
     for examples in (3, 4):
         assert "Queued experiment" in sh("dvc", "exp", "run", "--queue", "-n", f"examples-{examples}", "-S", f"report.examples={examples}", cwd=project)
@@ -224,11 +250,11 @@ def test_exp_run_trains_in_two_processes(project):
     assert not (project / "models" / ".train-resume").exists()
 
 
-def test_a_remote_shares_the_runs_and_ci_reruns_only_what_a_branch_changed(project, tmp_path):
+def test_a_remote_shares_the_runs_and_ci_reruns_only_what_a_branch_changed(reproduced, tmp_path):
     """docs/experiments.md's remote and CI recipe: push to a folder remote; a teammate's clone
     pulls the same outputs; CI's clone runs a branch with `exp run --pull --allow-missing`,
     fetching only what the changed stages read, and writes the diff as Markdown."""
-    sh("dvc", "repro", cwd=project)
+    project = reproduced
     storage = tmp_path / "storage"
     sh("dvc", "remote", "add", "-d", "storage", str(storage), cwd=project)
     commit_run(project, "first run, and a remote")
