@@ -35,21 +35,9 @@ import torch
 from torch import nn
 
 from pretrained_imdb import minilm_folder
-from train_throughput import subset
+from train_throughput import first_documents, subset
 
 VALIDATION_DOCUMENTS = 32
-
-
-def first_documents(source: Path, target: Path, documents: int) -> None:
-    """The first `documents` of one tokenized split (ids, offsets, labels) into `target`, replacing it."""
-    offsets = np.load(source / "offsets.npy")[: documents + 1]
-    ids = np.load(source / "ids.npy")[: offsets[-1]]
-    labels = np.load(source / "labels.npy")[:documents]
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir()
-    np.save(target / "offsets.npy", offsets)
-    np.save(target / "ids.npy", ids)
-    np.save(target / "labels.npy", labels)
 
 
 def stage_params(source: Path, compile_model: bool, threads: int):
@@ -61,13 +49,10 @@ def stage_params(source: Path, compile_model: bool, threads: int):
     })
 
 
-def first_epoch_batches(processed: Path, params) -> list[np.ndarray]:
+def first_epoch_batches(lengths: np.ndarray, config) -> list[np.ndarray]:
     """The index batches of the stage's first epoch (the same function of seed and data)."""
-    from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
-    from pipeline.training.recipe import resolved
+    from pipeline.data.tokenized import length_grouped_batches
 
-    config = resolved(params).train
-    lengths = TokenizedSplit(processed / "train").lengths
     return length_grouped_batches(lengths, config.batch_size, rng=np.random.default_rng([config.seed, 0]))
 
 
@@ -79,7 +64,7 @@ def bare_rate(processed: Path, params, source: Path, compile_model: bool) -> dic
     config = resolved(params).train
     split = TokenizedSplit(processed / "train")
     batches = []
-    for indices in first_epoch_batches(processed, params):
+    for indices in first_epoch_batches(split.lengths, config):
         ids, lengths, labels = (torch.from_numpy(array) for array in split.batch(indices))
         mask = (torch.arange(ids.shape[1])[None, :] < lengths[:, None]).long()
         batches.append((ids, mask, labels))

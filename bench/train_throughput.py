@@ -28,17 +28,23 @@ from pipeline.params import parse_params
 from pipeline.stages.train import run_train
 
 
+def first_documents(source: Path, target: Path, documents: int) -> None:
+    """The first `documents` of one tokenized split (ids, offsets, labels) into `target`, replacing it."""
+    offsets = np.load(source / "offsets.npy")[: documents + 1]
+    ids = np.load(source / "ids.npy")[: offsets[-1]]
+    labels = np.load(source / "labels.npy")[:documents]
+    shutil.rmtree(target, ignore_errors=True)
+    target.mkdir()
+    np.save(target / "offsets.npy", offsets)
+    np.save(target / "ids.npy", ids)
+    np.save(target / "labels.npy", labels)
+
+
 def subset(processed: Path, out: Path, documents: int) -> None:
     """The first `documents` of train (all of validation) in the tokenize stage's layout."""
     shutil.copytree(processed, out)
-    if not documents:
-        return
-    train = out / "train"
-    offsets = np.load(train / "offsets.npy")[: documents + 1]
-    ids = np.load(train / "ids.npy")[: offsets[-1]]  # read whole before overwriting the same file
-    np.save(train / "ids.npy", ids)
-    np.save(train / "offsets.npy", offsets)
-    np.save(train / "labels.npy", np.load(train / "labels.npy")[:documents])
+    if documents:
+        first_documents(processed / "train", out / "train", documents)
 
 
 def main() -> None:
