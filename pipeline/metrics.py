@@ -222,25 +222,54 @@ def reliability(probs: np.ndarray, actual: np.ndarray) -> dict[str, list]:
 
 def fit_temperature(logits: np.ndarray, actual: np.ndarray) -> np.ndarray | float:
     """The temperature that minimizes the validation loss of `logits / T` (Guo et al. 2017):
-    one for multiclass, one per label for multi-label data (each label a binary problem).
-    Golden-section search on log T in [0.05, 20]; it never changes which class is on top."""
-    multilabel = actual.ndim == 2
+    one for multiclass, one per label for multi-label data (each label a binary problem),
+    in TEMPERATURE_RANGE; it never changes which class is on top."""
+    logits = logits.astype(np.float64)
+    if actual.ndim == 1:
+        return multiclass_temperature(logits, actual)
 
-    def loss(log_t: np.ndarray) -> np.ndarray:  # one loss per candidate (per label for multi-label)
-        t = np.exp(log_t)
-        if multilabel:
-            return binary_cross_entropy(logits.astype(np.float64) / t, actual).mean(0)
-        return np.array([log_loss_sum(logits.astype(np.float64) / value, actual) for value in np.atleast_1d(t)])
+    def loss(log_t: np.ndarray) -> np.ndarray:  # one loss per label
+        return binary_cross_entropy(logits / np.exp(log_t), actual).mean(0)
 
-    shape = (actual.shape[1],) if multilabel else (1,)
-    low, high = np.full(shape, np.log(TEMPERATURE_RANGE[0])), np.full(shape, np.log(TEMPERATURE_RANGE[1]))
+    # golden-section search on log T, every label at once
+    low, high = np.full(actual.shape[1], np.log(TEMPERATURE_RANGE[0])), np.full(actual.shape[1], np.log(TEMPERATURE_RANGE[1]))
     ratio = (np.sqrt(5) - 1) / 2
     for _ in range(60):
         a, b = high - ratio * (high - low), low + ratio * (high - low)
         left = loss(a) < loss(b)
         high, low = np.where(left, b, high), np.where(left, low, a)
-    best = np.exp((low + high) / 2)
-    return best if multilabel else float(best[0])
+    return np.exp((low + high) / 2)
+
+
+def multiclass_temperature(logits: np.ndarray, actual: np.ndarray) -> float:
+    """The loss is convex in the inverse temperature b = 1/T (a log-sum-exp of b x logits minus
+    b x the true logit): its derivative is the mean softmax logit minus the true one, its second
+    derivative their variance. Newton steps on b, kept inside a shrinking bracket (bisection
+    where a step leaves it): about ten passes over the logits, which matters with many classes."""
+    shifted = logits - logits.max(1, keepdims=True)  # log-softmax is unchanged by the shift; exp stays <= 1
+    true_mean = shifted[np.arange(len(actual)), actual].mean()
+    low, high = 1 / TEMPERATURE_RANGE[1], 1 / TEMPERATURE_RANGE[0]
+
+    def slopes(inverse: float) -> tuple[float, float]:
+        weights = np.exp(shifted * inverse)
+        weights /= weights.sum(1, keepdims=True)
+        mean = (weights * shifted).sum(1)
+        return mean.mean() - true_mean, ((weights * shifted**2).sum(1) - mean**2).mean()
+
+    if slopes(low)[0] >= 0:  # the loss rises from the hottest temperature on: the model is no better than chance
+        return TEMPERATURE_RANGE[1]
+    inverse = 1.0
+    for _ in range(100):
+        gradient, curvature = slopes(inverse)
+        if gradient > 0:
+            high = inverse
+        else:
+            low = inverse
+        step = inverse - gradient / curvature if curvature > 1e-12 else np.nan
+        previous, inverse = inverse, step if low < step < high else (low + high) / 2
+        if abs(inverse - previous) <= 1e-10 * previous or high - low <= 1e-10 * low:
+            break
+    return float(1 / inverse)
 
 
 def fit_platt(logits: np.ndarray, actual: np.ndarray, iterations: int = 100) -> tuple[np.ndarray, np.ndarray]:

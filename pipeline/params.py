@@ -197,7 +197,7 @@ class TokenizeParams(Section):
     truncation: Literal["head", "head_tail"] = "head"  # head: keep the first max_tokens; head_tail: the first quarter and the last three quarters
     min_freq: int = Field(default=2, ge=1)  # rarer train tokens become <unk>
     max_vocab: int | None = Field(default=50_000, ge=3, le=INT32_MAX)  # including <pad> and <unk>
-    workers: int | None = Field(default=None, ge=1)  # None: every core
+    workers: int | None = Field(default=None, ge=1)  # None: every core (spaCy: at most one per 2,000 texts)
     batch_size: int = Field(default=256, ge=1)  # documents per worker task
 
 

@@ -15,6 +15,12 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def workers_for(items: int, min_items_per_worker: int, cores: int | None = None) -> int:
+    """Processes worth starting for `items` texts: at most one per core, and none beyond the
+    first for fewer than `min_items_per_worker` each (starting a worker costs seconds)."""
+    return max(1, min(cores or available_cores(), items // min_items_per_worker))
+
+
 def start_method() -> str:
     """fork where the platform has it (workers inherit the parent's data, nothing is pickled), else spawn."""
     return "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"

@@ -25,10 +25,12 @@ from pipeline.errors import PipelineError
 from pipeline.files import stage_outputs, write_json
 from pipeline.params import PretrainedParams, TokenizeParams, short_repr
 from pipeline.paths import PROCESSED_DIR, RAW_DIR, TOKENIZE_REPORT
-from pipeline.system import available_cores
+from pipeline.system import available_cores, workers_for
 from pipeline.text.settings import PAD, UNK, UNK_ID, TextSettings, spacy_settings
 from pipeline.text.spacy_tokenizer import Hasher, HashLookup, Workers, make_tokenizer
 from pipeline.text.subwords import TOKENIZER_FILE, SubwordTokenizer, pretrained_tokenizer
+
+SPACY_MIN_TEXTS_PER_WORKER = 2000
 
 Batches = Callable[[str], Iterator[tuple[np.ndarray, np.ndarray]]]  # split -> (tokens, full lengths) per batch
 
@@ -54,7 +56,8 @@ def run_tokenize(
     labels = {split: read_split(raw_dir, split, ["label"])["label"] for split in SPLITS}
     check_labels_known(labels, "rerun the download stage")
     classes = sorted(set(flat(labels["train"])))
-    workers = params.workers or available_cores()
+    # null: every core; spaCy's workers are processes, so small data stays in this one (a worker takes seconds to start)
+    workers = params.workers or (available_cores() if subwords else workers_for(sum(map(len, labels.values())), SPACY_MIN_TEXTS_PER_WORKER))
 
     def bar(split: str):
         from tqdm import tqdm

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
-from pipeline.system import process_map
+from pipeline.system import process_map, workers_for
 
 if TYPE_CHECKING:
     import scipy.sparse
@@ -97,7 +97,7 @@ def tfidf_features(
     from sklearn.feature_extraction.text import TfidfTransformer, TfidfVectorizer
 
     settings = {"analyzer": analyzer, "ngram_range": ngrams, "dtype": np.float32}
-    workers = max(1, min(workers, len(train) // min_texts_per_worker))
+    workers = workers_for(len(train), min_texts_per_worker, workers)
     splits = [train, *others]
     chunks = [
         (split, split_texts[len(split_texts) * k // workers : len(split_texts) * (k + 1) // workers])  # rows stay in order
