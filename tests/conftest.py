@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -21,6 +24,22 @@ def needs_shared(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (a user's clone has no ../shared)")
     return path
+
+
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """The folder `name`, made by `build(folder)` once per test session for all of pytest-xdist's
+    workers: the first to get here builds it under a file lock, the others wait and reuse it.
+    Tests read it and write elsewhere (two workers may read it at once)."""
+    basetemp = tmp_path_factory.getbasetemp()
+    shared = basetemp.parent if os.environ.get("PYTEST_XDIST_WORKER") else basetemp  # the session's folder, above the workers'
+    root, done = shared / name, shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            build(root)
+            done.touch()
+    return root
 
 
 def write_params(folder: Path, **sections: dict) -> Path:
@@ -201,8 +220,11 @@ FAST_EXPORT = {"latency_runs": 10, "latency_warmup": 2, "throughput_batches": 2,
 @pytest.fixture(scope="session")
 def project(tmp_path_factory) -> Path:
     """A tiny two-class project run through download -> ... -> export by the CLI, in the default
-    layout. Shared: tests may read it and write elsewhere, not change it."""
-    root = tmp_path_factory.mktemp("project")
+    layout. Shared by every worker: tests may read it and write elsewhere, not change it."""
+    return built_once(tmp_path_factory, "project", build_project)
+
+
+def build_project(root: Path) -> None:
     write_csv(root / "source" / "train.csv", labelled_rows(400))
     # every 7th test label is wrong on purpose, so that there are mistakes to report
     test = [(text, {"pos": "neg", "neg": "pos"}[label] if i % 7 == 0 else label) for i, (text, label) in enumerate(labelled_rows(140, offset=9000))]
@@ -218,4 +240,3 @@ def project(tmp_path_factory) -> Path:
     for command in ("download", "tokenize", "train", "evaluate", "export", "baseline"):
         result = run_cli(command, cwd=root)
         assert result.returncode == 0, (command, result.stderr)
-    return root

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from filelock import FileLock
-from conftest import REPO, labelled_rows, write_csv
+from conftest import REPO, built_once, labelled_rows, write_csv
 
 from pipeline.params import Params
 
@@ -73,23 +72,32 @@ def project(tmp_path: Path) -> Path:
 def first_run(tmp_path_factory) -> Path:
     """A project after `dvc repro` and a commit of its lock file, made once for the whole session:
     pytest-xdist's workers share it (the first one to get here builds it, under a file lock)."""
-    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every worker
-    root, done = shared / "dvc-first-run", shared / "dvc-first-run.done"
-    with FileLock(str(shared / "dvc-first-run.lock")):
-        if not done.is_file():
-            shutil.rmtree(root, ignore_errors=True)
-            assert ran(sh("dvc", "repro", cwd=new_project(root))) == STAGES
-            commit_run(root, "first run")
-            done.touch()
-    return root
+    return built_once(tmp_path_factory, "dvc-first-run", lambda folder: reproduce(new_project(folder / "project")))
+
+
+def reproduce(root: Path) -> None:
+    assert ran(sh("dvc", "repro", cwd=root)) == STAGES
+    commit_run(root, "first run")
 
 
 @pytest.fixture
 def reproduced(first_run: Path, tmp_path: Path) -> Path:
     """A copy of `first_run` of this test's own (without DVC's per-repo runtime state)."""
     root = tmp_path / "project"
-    shutil.copytree(first_run, root, symlinks=True, ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
+    shutil.copytree(first_run / "project", root, symlinks=True, ignore=lambda folder, names: ["tmp"] if Path(folder).name == ".dvc" else [])
     return root
+
+
+def stale_after(root: Path, section: str, key: str, value: object) -> list[str]:
+    """The stages whose own dependencies `dvc status` finds changed once params.yaml sets
+    `section.key` to `value` (params.yaml is put back after)."""
+    saved = (root / "params.yaml").read_text()
+    try:
+        set_param(root, section, key, value)
+        status = json.loads(sh("dvc", "status", "--json", cwd=root).splitlines()[-1])
+    finally:
+        (root / "params.yaml").write_text(saved)
+    return sorted(stage for stage, changes in status.items() if any("changed deps" in change for change in changes if isinstance(change, dict)))
 
 
 def set_param(root: Path, section: str, key: str, value: object) -> None:
@@ -125,10 +133,18 @@ def test_repro_experiments_and_diffs(reproduced):
     assert (project / "models" / "export" / "model.int8.onnx").is_file() and (project / "reports" / "report.html").is_file()
     assert ran(sh("dvc", "repro", cwd=project)) == []
 
-    # a train param reruns train and every stage after it; exp show holds its params and metrics
-    assert ran(sh("dvc", "exp", "run", "-n", "lr-002", "-S", "train.lr=0.002", cwd=project)) == ["evaluate", "export", "report", "train"]
+    # each stage reads its own params section (and the report, which shows them all): a param makes
+    # those stages stale and no other
+    assert stale_after(project, "train", "lr", 0.002) == ["report", "train"]
+    assert stale_after(project, "export", "latency_runs", 12) == ["export", "report"]
+    assert stale_after(project, "tokenize", "min_freq", 1) == ["report", "tokenize"]
+    assert stale_after(project, "baseline", "min_df", 3) == ["baseline", "report"]
+    # a tokenize and a train param rerun tokenize and every stage after it, not download or the baseline;
+    # exp show holds the experiment's params and metrics
+    output = sh("dvc", "exp", "run", "-n", "lr-002", "-S", "train.lr=0.002", "-S", "tokenize.min_freq=1", cwd=project)
+    assert ran(output) == ["evaluate", "export", "report", "tokenize", "train"]
     shown = experiments(project)["lr-002"]
-    assert shown["params"]["train"]["lr"] == 0.002
+    assert shown["params"]["train"]["lr"] == 0.002 and shown["params"]["tokenize"]["min_freq"] == 1
     metrics = shown["metrics"]
     assert set(metrics) == {f"reports/metrics/{stage}.json" for stage in ("evaluate", "export", "baseline")}
     assert set(metrics["reports/metrics/evaluate.json"]) == {"accuracy", "macro_f1", "ece"}  # the headline: few figures
@@ -145,11 +161,6 @@ def test_repro_experiments_and_diffs(reproduced):
     assert "ece_uncalibrated" in details and "_f1" in details
     timings = sh("dvc", "metrics", "show", "reports/runtime/train.json", cwd=project)
     assert "samples_per_second" in timings
-
-    # an export param reruns export (and the report that shows it) only
-    assert ran(sh("dvc", "exp", "run", "-S", "export.latency_runs=12", cwd=project)) == ["export", "report"]
-    # a tokenize param reruns tokenize and after it, not download
-    assert ran(sh("dvc", "exp", "run", "-S", "tokenize.min_freq=1", cwd=project)) == ["evaluate", "export", "report", "tokenize", "train"]
 
     # two commits: params diff and metrics diff show what changed between them
     commit_run(project, "lr 0.002, min_freq 1")
@@ -231,13 +242,14 @@ def test_bad_params_in_exp_run_name_the_key(project):
     assert "changed" not in sh("dvc", "status", "download", cwd=project)
 
 
-def test_exp_run_trains_in_two_processes(project):
+def test_exp_run_trains_in_two_processes(reproduced):
     """`dvc exp run -S train.devices=2`: the stage starts itself under torchrun (gloo on CPU)."""
+    project = reproduced
     set_param(project, "train", "max_epochs", 2)
     set_param(project, "train", "threads", 1)
     commit_run(project, "two epochs")
     output = sh("dvc", "exp", "run", "-n", "ddp", "-S", "train.devices=2", "train", cwd=project)
-    assert ran(output) == ["download", "tokenize", "train"]
+    assert ran(output) == ["train"]
     assert output.count("train: best validation") == 1  # rank 0 alone reports
     runtime = json.loads((project / "reports" / "runtime" / "train.json").read_text())
     assert runtime["processes"] == 2

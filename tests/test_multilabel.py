@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import FAST_EXPORT, REPO, assert_user_error, invoke, labelled_rows, write_csv, write_params
+from conftest import FAST_EXPORT, REPO, assert_user_error, built_once, invoke, labelled_rows, write_csv, write_params
 
 LABEL_WORDS = {
     "sport": ["goal", "match", "team", "coach", "league", "score"],
@@ -145,11 +145,15 @@ def dvc(*args: str, cwd: Path) -> str:
 
 @pytest.fixture(scope="module")
 def multilabel_project(tmp_path_factory) -> Path:
-    """The shipped dvc.yaml and defaults with only the task, the source and a small model changed."""
+    """The shipped dvc.yaml and defaults with only the task, the source and a small model changed,
+    after `dvc repro` (one for every worker)."""
+    return built_once(tmp_path_factory, "multilabel", build_multilabel_project)
+
+
+def build_multilabel_project(root: Path) -> None:
     from pipeline.params import Params
     from test_dvc import sh
 
-    root = tmp_path_factory.mktemp("multilabel")
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", ".gitignore"):
         shutil.copy(REPO / name, root / name)
@@ -164,7 +168,6 @@ def multilabel_project(tmp_path_factory) -> Path:
     for args in (("git", "init", "-q"), ("git", "config", "user.email", "t@example.com"), ("git", "config", "user.name", "test"), ("dvc", "init", "-q")):
         sh(*args, cwd=root)
     dvc("repro", cwd=root)
-    return root
 
 
 @pytest.mark.slow
