@@ -101,6 +101,8 @@ def tokenize(
 ) -> None:
     """Tokenize with spaCy and build the vocabulary from train (or, for model.arch pretrained, with the
     model's own tokenizer and vocabulary), and store token ids compactly."""
+    import pipeline.text.torchless  # noqa: F401  (before spaCy: tokenizing needs no torch, and it takes seconds to load)
+
     with reported_errors():
         from pipeline.params import load_params
         from pipeline.stages.tokenize import run_tokenize
@@ -110,7 +112,7 @@ def tokenize(
         result = run_tokenize(config.tokenize, raw, out, report, runtime_path=runtime, pretrained=pretrained)
         typer.echo(
             f"tokenize: {result['documents']:,} documents, {result['tokens']:,} tokens, vocab {result['vocab_size']:,}, "
-            f"{result['tokens_per_second']:,} tokens/s on {result['workers']} workers ({result['tokenizer']}) -> {out}"
+            f"{result['tokens_per_second']:,} tokens/s on {result['workers']} worker{'s' if result['workers'] > 1 else ''} ({result['tokenizer']}) -> {out}"
         )
 
 
