@@ -32,7 +32,7 @@ def make_project(root: Path, source: str | Path, **sections: dict) -> Path:
     from pipeline.params import Params
 
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     params = Params().model_dump()
     params["download"]["source"] = str(Path(source).resolve())

@@ -44,7 +44,7 @@ def new_project(root: Path) -> Path:
     """The pipeline and the default params in a fresh git + DVC repo, with a small CSV source."""
     root.mkdir()
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     # the defaults, not the workspace's params.yaml, which holds the user's last experiment
     (root / "params.yaml").write_text(yaml.safe_dump(Params().model_dump(), sort_keys=False))
@@ -131,6 +131,10 @@ def experiments(root: Path) -> dict[str, dict]:
 def test_repro_experiments_and_diffs(reproduced):
     project = reproduced  # every stage ran (the fixture checks), in another folder: here nothing is stale
     assert (project / "models" / "export" / "model.int8.onnx").is_file() and (project / "reports" / "report.html").is_file()
+    # bytecode Python writes beside the modules a stage imports is not a change to the stages' code
+    cache = project / "pipeline" / "models" / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "bag.cpython-311.pyc").write_bytes(b"bytecode")
     assert ran(sh("dvc", "repro", cwd=project)) == []
 
     # each stage reads its own params section (and the report, which shows them all): a param makes

@@ -155,7 +155,7 @@ def build_multilabel_project(root: Path) -> None:
     from test_dvc import sh
 
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     write_jsonl(root / "source" / "train.jsonl", [{"text": t, "labels": labels} for t, labels in label_sets(600)])
     write_jsonl(root / "source" / "test.jsonl", [{"text": t, "labels": labels} for t, labels in label_sets(150, offset=5000)])

@@ -176,7 +176,7 @@ def project(tiny_bert, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("dvc") / "project"
     root.mkdir()
     shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore"):
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(REPO / name, root / name)
     shutil.copytree(tiny_bert, root / "tiny-bert")
     params = Params().model_dump()
