@@ -42,6 +42,13 @@ def built_once(tmp_path_factory: pytest.TempPathFactory, name: str, build: Calla
     return root
 
 
+def copy_pipeline(root: Path) -> None:
+    """The pipeline's code and its DVC files (not its params) into `root`, as a user's clone holds them."""
+    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
+        shutil.copy(REPO / name, root / name)
+
+
 def write_params(folder: Path, **sections: dict) -> Path:
     path = folder / "params.yaml"
     path.write_text(yaml.safe_dump(sections, sort_keys=False), encoding="utf-8")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, built_once, labelled_rows, write_csv
+from conftest import REPO, built_once, copy_pipeline, labelled_rows, write_csv
 
 from pipeline.params import Params
 
@@ -43,9 +43,7 @@ def ran(output: str) -> list[str]:
 def new_project(root: Path) -> Path:
     """The pipeline and the default params in a fresh git + DVC repo, with a small CSV source."""
     root.mkdir()
-    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
+    copy_pipeline(root)
     # the defaults, not the workspace's params.yaml, which holds the user's last experiment
     (root / "params.yaml").write_text(yaml.safe_dump(Params().model_dump(), sort_keys=False))
     write_csv(root / "source" / "train.csv", labelled_rows(80))

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import FAST_EXPORT, REPO, assert_user_error, built_once, invoke, labelled_rows, write_csv, write_params
+from conftest import FAST_EXPORT, assert_user_error, built_once, copy_pipeline, invoke, labelled_rows, write_csv, write_params
 
 LABEL_WORDS = {
     "sport": ["goal", "match", "team", "coach", "league", "score"],
@@ -146,7 +146,7 @@ def dvc(*args: str, cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def multilabel_project(tmp_path_factory) -> Path:
     """The shipped dvc.yaml and defaults with only the task, the source and a small model changed,
-    after `dvc repro` (one for every worker)."""
+    after `dvc repro` (one run, shared by every worker)."""
     return built_once(tmp_path_factory, "multilabel", build_multilabel_project)
 
 
@@ -154,9 +154,7 @@ def build_multilabel_project(root: Path) -> None:
     from pipeline.params import Params
     from test_dvc import sh
 
-    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
+    copy_pipeline(root)
     write_jsonl(root / "source" / "train.jsonl", [{"text": t, "labels": labels} for t, labels in label_sets(600)])
     write_jsonl(root / "source" / "test.jsonl", [{"text": t, "labels": labels} for t, labels in label_sets(150, offset=5000)])
     params = Params().model_dump()

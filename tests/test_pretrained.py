@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import FAST_EXPORT, REPO, assert_user_error, labelled_rows, invoke, run_cli, write_csv, write_params, write_tiny_bert
+from conftest import FAST_EXPORT, REPO, assert_user_error, copy_pipeline, labelled_rows, invoke, run_cli, write_csv, write_params, write_tiny_bert
 from test_dvc import ran, sh
 from test_export import predict, predict_watching_imports, records
 from test_train import learned, same_weights
@@ -175,9 +175,7 @@ def project(tiny_bert, tmp_path_factory) -> Path:
     committed inside it, given by a path relative to the project root)."""
     root = tmp_path_factory.mktemp("dvc") / "project"
     root.mkdir()
-    shutil.copytree(REPO / "pipeline", root / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
-        shutil.copy(REPO / name, root / name)
+    copy_pipeline(root)
     shutil.copytree(tiny_bert, root / "tiny-bert")
     params = Params().model_dump()
     params["download"]["source"] = "source"
