@@ -206,7 +206,10 @@ class BagParams(Section):
     buckets: int = Field(default=1_000_000, ge=1, le=INT32_MAX)  # hash buckets for the n-grams (fastText's bucket)
     sparse: bool = True  # sparse embedding gradients: each step updates only the rows a batch used
     binary: bool = True  # each distinct token or n-gram of a document counts once (repeats add no evidence)
-    pooling: Literal["mean", "mean_max"] = "mean_max"  # mean_max: the max over features beside the mean
+    # mean_max: the mean and the max over features of each embedding dimension; mean_label_max: the
+    # mean, and for each label its highest score over the features; auto: mean_max for single-label
+    # data, for label sets both trained and the better on validation kept
+    pooling: Literal["auto", "mean", "mean_max", "mean_label_max"] = "auto"
     min_count: int = Field(default=2, ge=1)  # hashed n-grams in fewer train documents are not used (the baseline's min_df); 1: all
     feature_dropout: float = Field(default=0.0, ge=0, lt=1)  # training only: each token and n-gram of a document is left out with this probability (word dropout)
 

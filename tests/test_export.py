@@ -71,11 +71,14 @@ def test_bundle_and_report(project):
     assert {"DequantizeLinear", "MatMulInteger"} <= {n.op_type for n in onnx.load(str(bundle / "model.int8.onnx")).graph.node}
 
 
-@pytest.mark.parametrize("arch", ["bag", "cnn", "lstm", "transformer"])
+@pytest.mark.parametrize("arch", ["bag", "bag:mean_label_max", "cnn", "lstm", "transformer"])
 def test_every_architecture_exports_with_parity(project, arch, tmp_path):
     processed, raw = project / "data" / "processed", project / "data" / "raw"
+    arch, _, pooling = arch.partition(":")
     # the project's data keeps up to 1000 tokens: the tiny transformer needs that many positions
     model = {**TINY_MODEL, "arch": arch, "transformer": {**TINY_MODEL["transformer"], "max_positions": 1000}}
+    if pooling:
+        model["bag"] = {**TINY_MODEL["bag"], "pooling": pooling}
     params = parse_params({"model": model, "train": {"max_epochs": 1, "lr": 0.02, "threads": 1}, "export": FAST_EXPORT})
     run_train(params, processed, tmp_path / "models", tmp_path / "train.json", tmp_path / "live", tmp_path / "resume", progress=False)
     report = run_export(params, tmp_path / "models" / "best.pt", processed, raw, tmp_path / "export", tmp_path / "export.json")

@@ -22,8 +22,15 @@ TINY_BERT = {"model_type": "bert", "vocab_size": VOCAB, "hidden_size": 16, "num_
              "intermediate_size": 32, "max_position_embeddings": 256}
 
 
+# every architecture, and bag's pooling in label space (mean_label_max) beside its default
+VARIANTS = [*ARCHITECTURES, "bag:mean_label_max"]
+
+
 def small_model(arch: str, **overrides) -> torch.nn.Module:
     torch.manual_seed(0)
+    arch, _, pooling = arch.partition(":")
+    if pooling:
+        overrides["bag"] = {**SMALL["bag"], "pooling": pooling, **overrides.get("bag", {})}
     config = ModelParams.model_validate({**SMALL, "arch": arch, **overrides})
     return build_model(config, VOCAB, CLASSES, TINY_BERT if arch == "pretrained" else None)
 
@@ -36,7 +43,7 @@ def pad(docs: list[list[int]], extra: int = 0) -> tuple[torch.Tensor, torch.Tens
     return ids, torch.tensor([len(d) for d in docs])
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", VARIANTS)
 def test_any_input_gives_finite_logits(arch):
     model = small_model(arch).eval()
     for docs in ([[]], [[], [5]], [[7], [1, 2, 3, 4, 5, 6, 7, 8]], [[2] * 200]):
@@ -45,7 +52,7 @@ def test_any_input_gives_finite_logits(arch):
         assert torch.isfinite(logits).all(), (arch, docs)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", VARIANTS)
 def test_padding_does_not_change_the_output(arch):
     model = small_model(arch).eval()
     docs = [[3, 4, 5], [6, 7, 8, 9, 10, 11], [12]]
@@ -55,7 +62,7 @@ def test_padding_does_not_change_the_output(arch):
     torch.testing.assert_close(tight, loose, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("arch", VARIANTS)
 def test_learns_separable_data(arch):
     """Class c's texts use tokens from its own range: a model must beat chance clearly."""
     generator = torch.Generator().manual_seed(1)
@@ -97,6 +104,21 @@ def test_bag_binary_counts_each_feature_once_and_max_pooling_sees_it():
     mean_max = small_model("bag", bag={"buckets": 1000, "sparse": False, "pooling": "mean_max"}).eval()
     assert mean_max.classifier.in_features == 2 * SMALL["embed_dim"]
     assert torch.isfinite(mean_max(*once)).all()
+
+
+def test_bag_label_max_adds_each_labels_highest_feature_score_to_the_linear_layer_over_the_mean():
+    model = small_model("bag:mean_label_max", bag={"ngram": 1}).eval()
+    assert model.classifier.in_features == SMALL["embed_dim"]  # the mean alone; the max is in label space
+    ids, lengths = pad([[5, 6, 7], [8]])
+    with torch.no_grad():
+        vectors = model.embedding.weight
+        expected = torch.stack([
+            model.classifier(vectors[doc].mean(0)) + (vectors[doc] @ model.label_scores.weight.T).max(0).values
+            for doc in ([5, 6, 7], [8])
+        ])
+        torch.testing.assert_close(model(ids, lengths), expected)
+    # auto, built directly (no train stage to choose), is mean_max
+    assert small_model("bag", bag={"buckets": 1000, "sparse": False, "pooling": "auto"}).pooling == "mean_max"
 
 
 def test_bag_min_count_drops_ngrams_of_a_single_train_document(tmp_path):

@@ -383,18 +383,48 @@ def test_every_architecture_trains_one_logit_per_label(label_set_raw, arch, tmp_
     assert runtime["monitor"] == "macro_f1" and set(runtime["class_weights"]) == set(LABEL_WORDS)  # auto, for label sets
 
 
+def test_bag_pooling_auto_trains_both_poolings_on_label_sets_and_keeps_the_better(label_set_raw, tmp_path):
+    from conftest import TINY_MODEL, TINY_TOKENIZE
+
+    from pipeline.stages.train import run_train
+    from pipeline.training.checkpoint import load_checkpoint
+
+    def train(pooling: str, name: str) -> tuple[dict, Path]:
+        params = parse_params({"tokenize": {**TINY_TOKENIZE, "workers": 1, "min_freq": 1},
+                               "model": {**TINY_MODEL, "arch": "bag", "bag": {**TINY_MODEL["bag"], "pooling": pooling}},
+                               "train": {"threads": 1, "max_epochs": 3, "lr": 0.02}})
+        folder = tmp_path / name
+        report = run_train(params, processed, folder / "models", folder / "train.json", folder / "live", folder / "resume", progress=False)
+        return report, folder
+
+    processed = tokenized(label_set_raw, "processed-pooling", parse_params({"tokenize": {**TINY_TOKENIZE, "workers": 1, "min_freq": 1}}))
+    auto, folder = train("auto", "auto")
+    candidates = auto["pooling_candidates"]
+    assert set(candidates) == {"mean_max", "mean_label_max"}
+    kept = max(candidates, key=lambda name: (candidates[name], name == "mean_max"))  # the first of equals: mean_max
+    assert auto["pooling"] == kept and auto["best_validation"] == candidates[kept]
+    assert load_checkpoint(folder / "models" / "best.pt")["model_config"]["bag"]["pooling"] == kept
+    curve = (folder / "live" / "plots" / "metrics" / "validation" / "macro_f1.tsv").read_text().splitlines()[1:]
+    assert max(float(line.split("\t")[1]) for line in curve) == pytest.approx(candidates[kept])  # the kept run's curves
+    assert not (folder / "resume").exists()  # both candidates' resume folders are gone
+    # each candidate ran as if alone: the same validation score as that pooling set explicitly
+    alone, _ = train("mean_label_max", "alone")
+    assert alone["best_validation"] == candidates["mean_label_max"] and "pooling_candidates" not in alone
+
+
 @pytest.mark.slow
 def test_two_processes_train_label_sets_as_one(label_set_raw, tmp_path):
     from conftest import TINY_MODEL, TINY_TOKENIZE, run_cli
 
     train = {"device": "cpu", "threads": 1, "max_epochs": 2, "lr": 0.02, "batch_size": 32}
-    params = parse_params({"tokenize": {**TINY_TOKENIZE, "workers": 1, "min_freq": 1}, "model": {**TINY_MODEL, "arch": "bag"}, "train": train})
+    bag = {**TINY_MODEL, "arch": "bag", "bag": {**TINY_MODEL["bag"], "pooling": "mean_max"}}  # one pooling: no candidates
+    params = parse_params({"tokenize": {**TINY_TOKENIZE, "workers": 1, "min_freq": 1}, "model": bag, "train": train})
     processed = tokenized(label_set_raw, "processed-ddp", params)
     histories = {}
     for devices in (1, 2):
         root = tmp_path / f"devices-{devices}"
         root.mkdir()
-        write_params(root, tokenize=TINY_TOKENIZE, model={**TINY_MODEL, "arch": "bag"}, train={**train, "devices": devices})
+        write_params(root, tokenize=TINY_TOKENIZE, model=bag, train={**train, "devices": devices})
         result = run_cli("train", "--data", str(processed), cwd=root)
         assert result.returncode == 0, result.stderr
         histories[devices] = (root / "reports" / "train" / "plots" / "metrics" / "validation" / "macro_f1.tsv").read_text().splitlines()

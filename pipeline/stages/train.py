@@ -17,6 +17,7 @@ import contextlib
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +28,13 @@ from pipeline.data.tokenized import TokenizedSplit, read_labels, read_vocab_size
 from pipeline.errors import PipelineError, warn
 from pipeline.files import read_json, sha256_of, stage_outputs
 from pipeline.models import build_model, check_fits
+from pipeline.models.bag import AUTO_POOLINGS_FOR_LABEL_SETS
 from pipeline.params import Params
 from pipeline.system import available_cores
 from pipeline.training.checkpoint import fingerprint
 from pipeline.training.device import peak_memory_mb, resolve_device, resolve_precision
 from pipeline.training.distributed import MULTI_NODE_ENV, World, join, launch
-from pipeline.training.live import Console
+from pipeline.training.live import Console, Curves
 from pipeline.training.recipe import RESOLVED_KEYS, resolved
 from pipeline.training.trainer import Setup, SimulatedKill, Trainer, remove_resume_dir
 
@@ -71,18 +73,52 @@ def run_train(
                 shown = ", ".join(f"{name} {weight:.3g}" for name, weight in zip(setup.labels[:10], setup.class_weights))
                 console.line(f"train: class weights (balanced{', positive weight per label' if setup.train.multilabel else ''}): {shown}"
                              + (f", ... ({len(setup.labels)} in all)" if len(setup.labels) > 10 else ""))
-        trainer = Trainer(setup, build_model(params.model, setup.vocab_size, len(setup.labels)).to(device), console, live_dir, timing_dir)
-        trainer.restore()
-        for batch in trainer.batches():
-            if not trainer.train_step(batch):
-                continue  # gradients accumulate until the optimizer steps
-            if stop_after_steps is not None and trainer.progress.step >= stop_after_steps:
-                raise SimulatedKill(f"stopped after {trainer.progress.step} steps")
-            if trainer.validation_due():
-                trainer.save(trainer.validate())
-        if not trainer.validated_last_step:  # eval_every left a tail unvalidated
+        candidates = pooling_candidates(setup, processed)
+        say = console.line if world.main else (lambda text: None)
+        trainers = []
+        for number, candidate in enumerate(candidates, 1):
+            if len(candidates) > 1:
+                say(f"train: model.bag.pooling auto, for label sets: {candidate.params.model.bag.pooling} ({number} of "
+                    f"{len(candidates)}); the one better on validation {candidate.params.train.monitor} is kept")
+                torch.manual_seed(setup.params.train.seed + world.rank)  # each candidate as if it ran alone
+            model = build_model(candidate.params.model, setup.vocab_size, len(setup.labels)).to(device)
+            trainers.append(train_one(Trainer(candidate, model, console, live_dir, timing_dir), stop_after_steps))
+        if len(trainers) > 1:
+            kept = best_run(trainers)
+            say(f"train: kept model.bag.pooling {kept.setup.params.model.bag.pooling} (validation {kept.config.monitor}: "
+                + ", ".join(f"{run.setup.params.model.bag.pooling} {run.tracker.best:.4f}" for run in trainers) + ")")
+        return finish(trainers, time.perf_counter() - started, out_dir, report_path, runtime_path)
+
+
+def train_one(trainer: Trainer, stop_after_steps: int | None) -> Trainer:
+    """The training loop: restore, then train and validate until early stopping or the epoch cap."""
+    trainer.restore()
+    for batch in trainer.batches():
+        if not trainer.train_step(batch):
+            continue  # gradients accumulate until the optimizer steps
+        if stop_after_steps is not None and trainer.progress.step >= stop_after_steps:
+            raise SimulatedKill(f"stopped after {trainer.progress.step} steps")
+        if trainer.validation_due():
             trainer.save(trainer.validate())
-        return finish(trainer, time.perf_counter() - started, out_dir, report_path, runtime_path)
+    if not trainer.validated_last_step:  # eval_every left a tail unvalidated
+        trainer.save(trainer.validate())
+    return trainer
+
+
+def pooling_candidates(setup: Setup, processed: Path) -> list[Setup]:
+    """The runs to train: one, or for `bag` with pooling auto on label sets, one per pooling, each
+    with its own resume folder (the better one on validation is kept: BENCHMARKS.md, "Multi-label").
+    auto is mean_max for single-label data."""
+    model = setup.params.model
+    if model.arch != "bag" or model.bag.pooling != "auto":
+        return [setup]
+    choices = AUTO_POOLINGS_FOR_LABEL_SETS if setup.train.multilabel else ("mean_max",)
+    runs = []
+    for pooling in choices:
+        params = setup.params.model_copy(update={"model": model.model_copy(update={"bag": model.bag.model_copy(update={"pooling": pooling})})})
+        resume_dir = setup.resume_dir / pooling if len(choices) > 1 else setup.resume_dir
+        runs.append(replace(setup, params=params, resume_dir=resume_dir, run_id=fingerprint(params, processed, setup.world.size)))
+    return runs
 
 
 def _shown(value: object) -> str:
@@ -139,9 +175,11 @@ def class_weights(train: TokenizedSplit, classes: int) -> np.ndarray:
     return len(train) / (classes * np.maximum(counts, 1))
 
 
-def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Path, runtime_path: Path | None) -> dict[str, Any]:
-    """Rank 0 moves best.pt into the outputs, writes the reports and removes the resume state;
-    every rank returns the same report, once the outputs are complete."""
+def finish(trainers: list[Trainer], wall_seconds: float, out_dir: Path, report_path: Path, runtime_path: Path | None) -> dict[str, Any]:
+    """Rank 0 moves the best run's best.pt into the outputs (of several candidates, the one best
+    on validation; its curves replace the others'), writes the reports and removes the resume
+    state; every rank returns the same report, once the outputs are complete."""
+    trainer = best_run(trainers)
     setup, progress, tracker = trainer.setup, trainer.progress, trainer.tracker
     config, device = setup.params.train, setup.device
     report = {  # what the run learned: numbers that compare across experiments
@@ -154,6 +192,9 @@ def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Pa
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "train_documents": len(setup.train),
     }
+    if len(trainers) > 1:  # model.bag.pooling auto: what each candidate reached on validation, and the one kept
+        report["pooling"] = setup.params.model.bag.pooling
+        report["pooling_candidates"] = {run.setup.params.model.bag.pooling: run.tracker.best for run in trainers}
     runtime = {  # how it ran: differs between identical runs or machines, so not a metric
         "arch": setup.params.model.arch,
         "task": "multilabel" if setup.train.multilabel else "multiclass",
@@ -161,7 +202,7 @@ def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Pa
         **({"class_weights": dict(zip(setup.labels, np.round(setup.class_weights, 6).tolist()))} if setup.class_weights is not None else {}),
         **{key: getattr(config, key) for key in RESOLVED_KEYS},  # as run: train's nulls resolved for the arch
         "wall_seconds": round(wall_seconds, 2),
-        "train_seconds": round(progress.train_seconds, 2),
+        "train_seconds": round(sum(run.progress.train_seconds for run in trainers), 2),  # every candidate's
         "samples_per_second": round(progress.samples_per_second, 1),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -171,15 +212,30 @@ def finish(trainer: Trainer, wall_seconds: float, out_dir: Path, report_path: Pa
         "peak_memory_mb": round(peak_memory_mb(device), 1),  # rank 0's
     }
     if setup.world.main:
-        trainer.curves.close()
+        for run in trainers:
+            run.curves.close()
+        if trainer is not trainers[-1]:  # the curves on disk are the last candidate's
+            Curves(trainer.live_dir, progress.history, config.tensorboard, trainer.timing_dir).close()
         with stage_outputs() as outputs:
             outputs.link(setup.resume_dir / "best.pt", outputs.folder(out_dir) / "best.pt")
             outputs.json(report_path, report)
             if runtime_path is not None:
                 outputs.json(runtime_path, runtime)
-        remove_resume_dir(setup.resume_dir)
+        for run in trainers:
+            remove_resume_dir(run.setup.resume_dir)
+        remove_resume_dir(trainers[0].setup.resume_dir.parent if len(trainers) > 1 else setup.resume_dir)
     setup.world.barrier()  # the outputs are complete before any process reports success
     return {**report, **runtime}
+
+
+def best_run(trainers: list[Trainer]) -> Trainer:
+    """The run whose best validation is the best (the first of equals)."""
+    best = trainers[0]
+    for run in trainers[1:]:
+        if run.tracker.best is not None and (best.tracker.best is None or (
+                run.tracker.best > best.tracker.best if run.tracker.mode == "max" else run.tracker.best < best.tracker.best)):
+            best = run
+    return best
 
 
 def run_train_processes(

@@ -64,9 +64,16 @@ RESUME_FILES = re.compile(r"(best|last)\.pt|\.(best|last)\.pt\..*")  # a resume 
 
 
 def remove_resume_dir(folder: Path) -> None:
-    """Remove a resume folder, if it holds nothing but a run's resume files (never a folder of the user's)."""
-    if folder.is_dir() and all(RESUME_FILES.fullmatch(entry.name) for entry in folder.iterdir()):
+    """Remove a resume folder, if it holds nothing but a run's resume files and the resume
+    folders of candidate runs (model.bag.pooling auto); never a folder of the user's."""
+    if _only_resume_files(folder, depth=1):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _only_resume_files(folder: Path, depth: int) -> bool:
+    return folder.is_dir() and all(
+        RESUME_FILES.fullmatch(entry.name) or (depth > 0 and _only_resume_files(entry, depth - 1)) for entry in folder.iterdir()
+    )
 
 
 def batches_in_step(batch: int, accumulate: int, epoch_batches: int) -> int:
