@@ -101,6 +101,12 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     "plateau-min1": {"train.schedule": "plateau", "model.bag.min_count": 1},
     "plateau-wd1e-1": {"train.schedule": "plateau", "train.weight_decay": 0.1},
     "plateau-d64": {"train.schedule": "plateau", "model.embed_dim": 64},
+    # issue 22: some training texts joined to a second one of their class (train.join_texts)
+    "join1": {"train.join_texts": 0.1},
+    "join2": {"train.join_texts": 0.2},
+    "join3": {"train.join_texts": 0.3},
+    "join5": {"train.join_texts": 0.5},
+    "nojoin": {"train.join_texts": 0.0},
     # a longer budget with early stopping doing the stopping
     "ep30": {"train.max_epochs": 30, "train.patience": 3},
     "ep30-acc": {"train.max_epochs": 30, "train.patience": 3, "train.monitor": "accuracy"},

@@ -77,6 +77,8 @@ def invoke(*args: str, cwd: Path, env: dict[str, str] | None = None, input: str 
         result = CliRunner().invoke(app, list(args), input=input, env=env, catch_exceptions=False)
     finally:
         os.chdir(previous)
+        if sys.modules.get("torch", False) is None:  # the tokenize command blocks torch (pipeline/text/torchless.py): not for the next test
+            del sys.modules["torch"]
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 

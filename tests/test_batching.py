@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
+from pipeline.data.tokenized import JoinedSplit, TokenizedSplit, length_grouped_batches
 from pipeline.errors import PipelineError
 
 
@@ -25,6 +25,35 @@ def test_batch_pads_and_keeps_each_document(tmp_path):
     assert lengths.tolist() == [2, 0, 3] and labels.tolist() == [1, 1, 0]
     ids, lengths, _ = split.batch(np.array([1]))
     assert ids.shape == (1, 0) and lengths.tolist() == [0]
+
+
+def test_joined_texts_append_a_text_of_the_same_class_cut_at_max_tokens(tmp_path):
+    docs = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], []]
+    write_split(tmp_path / "train", docs, [0, 1, 0, 1, 0])
+    split = TokenizedSplit(tmp_path / "train")
+    joined = JoinedSplit(split, np.array([2, 3, -1, 1, 0]), max_tokens=4)
+    assert joined.lengths.tolist() == [4, 4, 2, 4, 3]  # 3 + 2 and 1 + 4 cut at 4 tokens
+    ids, lengths, labels = joined.batch(np.array([0, 1, 2, 4]))
+    assert ids.tolist() == [[5, 6, 7, 9], [8, 11, 12, 13], [9, 10, 0, 0], [5, 6, 7, 0]]
+    assert lengths.tolist() == [4, 4, 2, 3] and labels.tolist() == [0, 1, 0, 0]
+    # drawn: about `share` of the texts get a partner, always of their own class; share 0: none
+    many = [[i] for i in range(400)]
+    write_split(tmp_path / "many", many, [i % 3 for i in range(400)])
+    split = TokenizedSplit(tmp_path / "many")
+    drawn = JoinedSplit.drawn(split, 0.3, np.random.default_rng(0), max_tokens=10)
+    partnered = np.flatnonzero(drawn.partners >= 0)
+    assert 0.2 < len(partnered) / 400 < 0.4
+    assert (split.labels[drawn.partners[partnered]] == split.labels[partnered]).all()
+    assert (JoinedSplit.drawn(split, 0.0, np.random.default_rng(0), max_tokens=10).partners < 0).all()
+
+
+def test_joined_label_sets_join_their_labels(tmp_path):
+    write_split(tmp_path / "train", [[5], [6], [7]], [0, 0, 0])
+    np.save(tmp_path / "train" / "labels.npy", np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.uint8))
+    split = TokenizedSplit(tmp_path / "train")
+    ids, _, labels = JoinedSplit(split, np.array([1, -1, 0]), max_tokens=5).batch(np.array([0, 1, 2]))
+    assert ids.tolist() == [[5, 6], [6, 0], [7, 5]]
+    assert labels.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]  # a text with no label joined to one with a label
 
 
 def test_mismatched_files_are_a_clear_error(tmp_path):

@@ -66,6 +66,51 @@ class TokenizedSplit:
         return padded, lengths, self.labels[indices].astype(np.float32 if self.multilabel else np.int64)
 
 
+class JoinedSplit:
+    """A training split where some texts have a second text appended (`train.join_texts`): the
+    same class's, or for label sets any text's with the two label sets joined. Each batch is
+    built on the fly; `lengths` are the joined lengths, cut at `max_tokens` as tokenize cuts."""
+
+    def __init__(self, split: TokenizedSplit, partners: np.ndarray, max_tokens: int):
+        self.split, self.partners, self.max_tokens = split, partners, max_tokens
+        second = np.where(partners >= 0, split.lengths[np.maximum(partners, 0)], 0)
+        self.lengths = np.minimum(split.lengths + second, max(max_tokens, 1))
+        self.multilabel = split.multilabel
+
+    @classmethod
+    def drawn(cls, split: TokenizedSplit, share: float, rng: np.random.Generator, max_tokens: int) -> JoinedSplit:
+        """Each text gets a partner with probability `share`: a random text of its class (label
+        sets: any text)."""
+        partners = np.full(len(split), -1, dtype=np.int64)
+        joined = np.flatnonzero(rng.random(len(split)) < share)
+        if split.multilabel:
+            partners[joined] = rng.integers(0, len(split), len(joined))
+        else:
+            labels = split.labels[joined]
+            for label in np.unique(labels):
+                members = np.flatnonzero(split.labels == label)
+                partners[joined[labels == label]] = rng.choice(members, int((labels == label).sum()))
+        return cls(split, partners, max_tokens)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        padded, lengths, labels = self.split.batch(indices)
+        lengths = self.lengths[indices].astype(np.int64)
+        padded = np.pad(padded, ((0, 0), (0, int(lengths.max(initial=0)) - padded.shape[1])))
+        split = self.split
+        for row, (index, length) in enumerate(zip(indices, lengths)):
+            partner = self.partners[index]
+            if partner >= 0:
+                first = split.lengths[index]
+                start = split.offsets[partner]
+                padded[row, first:length] = split.ids[start : start + length - first]
+                if split.multilabel:
+                    labels[row] = np.maximum(labels[row], split.labels[partner])
+        return padded, lengths, labels
+
+
 def read_labels(processed: Path) -> list[str]:
     path = processed / "labels.json"
     if not path.is_file():

@@ -20,6 +20,7 @@ class TrainDefaults:
     warmup: float  # epochs
     weight_decay: float
     schedule: str
+    join_texts: float = 0.0  # share of training texts with a second one appended (train.join_texts)
 
 
 # From scratch: the defaults BENCHMARKS.md measured; max_epochs is a cap, early stopping ends

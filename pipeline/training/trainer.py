@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.data.tokenized import TokenizedSplit, length_grouped_batches
+from pipeline.data.tokenized import JoinedSplit, TokenizedSplit, length_grouped_batches
 from pipeline.errors import PipelineError, warn
 from pipeline.metrics import (
     best_threshold_scores,
@@ -59,6 +59,8 @@ from pipeline.training.loader import batch_loader, predict_logits, to_device
 from pipeline.training.optimizers import dense_embeddings, make_optimizers, optimizer_step
 from pipeline.training.schedule import learning_rate
 
+
+JOIN_STREAM = 1  # train.join_texts' partners: a random stream apart from the batch order's
 
 RESUME_FILES = re.compile(r"(best|last)\.pt|\.(best|last)\.pt\..*")  # a resume folder's files, temporary ones included
 
@@ -245,20 +247,30 @@ class Trainer:
         config, progress, world = self.config, self.progress, self.world
         while progress.epoch < config.max_epochs and not self.tracker.should_stop:
             rng = np.random.default_rng([config.seed, progress.epoch])
-            order = length_grouped_batches(self.setup.train.lengths, config.batch_size, rng=rng)[progress.batch :]
+            train = self.epoch_texts(progress.epoch)
+            order = length_grouped_batches(train.lengths, config.batch_size, rng=rng)[progress.batch :]
             self.epoch_batches = progress.batch + len(order)
             shares = [shard(batch, world) for batch in order]
             # a share left empty (a last batch smaller than the world) trains on one document with weight 0
             real = [len(share) > 0 for share in shares]
             shares = [share if len(share) else batch[:1] for share, batch in zip(shares, order)]
             self.console.start_epoch(progress.epoch, config.max_epochs, self.epoch_batches, progress.batch)
-            loader = batch_loader(self.setup.train, shares, self.setup.device, self.setup.workers)
+            loader = batch_loader(train, shares, self.setup.device, self.setup.workers)
             self.tick = time.perf_counter()
             for (ids, lengths, targets), batch, counted in zip(loader, order, real):
                 yield Batch(*to_device((ids, lengths, targets), self.setup.device), len(batch), counted)
                 if self.tracker.should_stop:
                     break
             self.console.end_epoch()
+
+    def epoch_texts(self, epoch: int) -> TokenizedSplit | JoinedSplit:
+        """The train split as this epoch sees it: with train.join_texts, some texts joined to a
+        second one, drawn from (seed, epoch) on a generator of their own (0 changes nothing)."""
+        share = self.config.join_texts
+        if not share:
+            return self.setup.train
+        rng = np.random.default_rng([self.config.seed, epoch, JOIN_STREAM])
+        return JoinedSplit.drawn(self.setup.train, share, rng, int(self.setup.text_settings["max_tokens"]))
 
     def train_step(self, batch: Batch) -> bool:
         """Forward and backward on one batch; true when it completed an optimizer step (the last
