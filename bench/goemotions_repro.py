@@ -46,6 +46,7 @@ def one_run(source: Path, seed: int) -> dict:
             "baseline": {k: round(baseline[k], 4) for k in (*keys, "accuracy")},
             "int8_micro_f1_drop": export["onnx_int8_micro_f1_drop"],
             "best_epoch": train["best_epoch"], "epochs": train["epochs"], "monitor": runtime["monitor"],
+            "pooling": train.get("pooling"), "pooling_candidates": train.get("pooling_candidates"),
             "class_weights": "balanced" if "class_weights" in runtime else "none",
             "repro_seconds": round(seconds, 1),
         }

@@ -27,33 +27,33 @@ def test_batch_pads_and_keeps_each_document(tmp_path):
     assert ids.shape == (1, 0) and lengths.tolist() == [0]
 
 
-def test_joined_texts_append_a_text_of_the_same_class_cut_at_max_tokens(tmp_path):
+def test_joined_texts_follow_the_split_and_join_two_texts_cut_at_max_tokens(tmp_path):
     docs = [[5, 6, 7], [8], [9, 10], [11, 12, 13, 14], []]
     write_split(tmp_path / "train", docs, [0, 1, 0, 1, 0])
     split = TokenizedSplit(tmp_path / "train")
-    joined = JoinedSplit(split, np.array([2, 3, -1, 1, 0]), max_tokens=4)
-    assert joined.lengths.tolist() == [4, 4, 2, 4, 3]  # 3 + 2 and 1 + 4 cut at 4 tokens
-    ids, lengths, labels = joined.batch(np.array([0, 1, 2, 4]))
-    assert ids.tolist() == [[5, 6, 7, 9], [8, 11, 12, 13], [9, 10, 0, 0], [5, 6, 7, 0]]
-    assert lengths.tolist() == [4, 4, 2, 3] and labels.tolist() == [0, 1, 0, 0]
-    # drawn: about `share` of the texts get a partner, always of their own class; share 0: none
+    joined = JoinedSplit(split, np.array([[0, 2], [1, 3], [4, 0]]), max_tokens=4)
+    assert len(joined) == 5 + 3
+    assert joined.lengths.tolist() == [3, 1, 2, 4, 0, 4, 4, 3]  # 3 + 2 and 1 + 4 cut at 4 tokens
+    ids, lengths, labels = joined.batch(np.array([5, 6, 2, 7, 1]))
+    assert ids.tolist() == [[5, 6, 7, 9], [8, 11, 12, 13], [9, 10, 0, 0], [5, 6, 7, 0], [8, 0, 0, 0]]
+    assert lengths.tolist() == [4, 4, 2, 3, 1] and labels.tolist() == [0, 1, 0, 0, 1]
+    # drawn: round(share x texts) pairs, each of one class; share 0: the split as it is
     many = [[i] for i in range(400)]
     write_split(tmp_path / "many", many, [i % 3 for i in range(400)])
     split = TokenizedSplit(tmp_path / "many")
     drawn = JoinedSplit.drawn(split, 0.3, np.random.default_rng(0), max_tokens=10)
-    partnered = np.flatnonzero(drawn.partners >= 0)
-    assert 0.2 < len(partnered) / 400 < 0.4
-    assert (split.labels[drawn.partners[partnered]] == split.labels[partnered]).all()
-    assert (JoinedSplit.drawn(split, 0.0, np.random.default_rng(0), max_tokens=10).partners < 0).all()
+    assert len(drawn) == 400 + 120
+    assert (split.labels[drawn.pairs[:, 0]] == split.labels[drawn.pairs[:, 1]]).all()
+    assert len(JoinedSplit.drawn(split, 0.0, np.random.default_rng(0), max_tokens=10)) == 400
 
 
 def test_joined_label_sets_join_their_labels(tmp_path):
     write_split(tmp_path / "train", [[5], [6], [7]], [0, 0, 0])
     np.save(tmp_path / "train" / "labels.npy", np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0]], dtype=np.uint8))
     split = TokenizedSplit(tmp_path / "train")
-    ids, _, labels = JoinedSplit(split, np.array([1, -1, 0]), max_tokens=5).batch(np.array([0, 1, 2]))
-    assert ids.tolist() == [[5, 6], [6, 0], [7, 5]]
-    assert labels.tolist() == [[1, 1, 0], [0, 1, 0], [1, 0, 0]]  # a text with no label joined to one with a label
+    ids, _, labels = JoinedSplit(split, np.array([[0, 1], [2, 0]]), max_tokens=5).batch(np.array([3, 4, 1]))
+    assert ids.tolist() == [[5, 6], [7, 5], [6, 0]]
+    assert labels.tolist() == [[1, 1, 0], [1, 0, 0], [0, 1, 0]]  # a text with no label joined to one with a label
 
 
 def test_mismatched_files_are_a_clear_error(tmp_path):

@@ -67,47 +67,46 @@ class TokenizedSplit:
 
 
 class JoinedSplit:
-    """A training split where some texts have a second text appended (`train.join_texts`): the
-    same class's, or for label sets any text's with the two label sets joined. Each batch is
-    built on the fly; `lengths` are the joined lengths, cut at `max_tokens` as tokenize cuts."""
+    """A training split with joined texts added (`train.join_texts`): after the split's own texts
+    come pairs of two, the second of the same class as the first (label sets: any text, the two
+    label sets joined). Batches are built on the fly; `lengths` are the joined lengths, cut at
+    `max_tokens` as tokenize cuts."""
 
-    def __init__(self, split: TokenizedSplit, partners: np.ndarray, max_tokens: int):
-        self.split, self.partners, self.max_tokens = split, partners, max_tokens
-        second = np.where(partners >= 0, split.lengths[np.maximum(partners, 0)], 0)
-        self.lengths = np.minimum(split.lengths + second, max(max_tokens, 1))
+    def __init__(self, split: TokenizedSplit, pairs: np.ndarray, max_tokens: int):
+        self.split, self.pairs, self.max_tokens = split, pairs.reshape(-1, 2), max_tokens
+        joined = split.lengths[self.pairs[:, 0]] + split.lengths[self.pairs[:, 1]]
+        self.lengths = np.concatenate([split.lengths, np.minimum(joined, max(max_tokens, 1))])
         self.multilabel = split.multilabel
 
     @classmethod
     def drawn(cls, split: TokenizedSplit, share: float, rng: np.random.Generator, max_tokens: int) -> JoinedSplit:
-        """Each text gets a partner with probability `share`: a random text of its class (label
-        sets: any text)."""
-        partners = np.full(len(split), -1, dtype=np.int64)
-        joined = np.flatnonzero(rng.random(len(split)) < share)
+        """round(share x texts) pairs: a random text, and a random text of its class (label sets: any)."""
+        first = rng.integers(0, len(split), round(share * len(split)))
+        second = np.empty_like(first)
         if split.multilabel:
-            partners[joined] = rng.integers(0, len(split), len(joined))
+            second[:] = rng.integers(0, len(split), len(first))
         else:
-            labels = split.labels[joined]
+            labels = split.labels[first]
             for label in np.unique(labels):
-                members = np.flatnonzero(split.labels == label)
-                partners[joined[labels == label]] = rng.choice(members, int((labels == label).sum()))
-        return cls(split, partners, max_tokens)
+                chosen = labels == label
+                second[chosen] = rng.choice(np.flatnonzero(split.labels == label), int(chosen.sum()))
+        return cls(split, np.stack([first, second], 1), max_tokens)
 
     def __len__(self) -> int:
-        return len(self.split)
+        return len(self.lengths)
 
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        padded, lengths, labels = self.split.batch(indices)
+        split, texts = self.split, len(self.split)
         lengths = self.lengths[indices].astype(np.int64)
+        first = np.where(indices < texts, indices, self.pairs[np.maximum(indices - texts, 0), 0])
+        padded, _, labels = split.batch(first)
         padded = np.pad(padded, ((0, 0), (0, int(lengths.max(initial=0)) - padded.shape[1])))
-        split = self.split
-        for row, (index, length) in enumerate(zip(indices, lengths)):
-            partner = self.partners[index]
-            if partner >= 0:
-                first = split.lengths[index]
-                start = split.offsets[partner]
-                padded[row, first:length] = split.ids[start : start + length - first]
-                if split.multilabel:
-                    labels[row] = np.maximum(labels[row], split.labels[partner])
+        for row in np.flatnonzero(indices >= texts):
+            head, second = self.pairs[indices[row] - texts]
+            start, used = split.offsets[second], split.lengths[head]
+            padded[row, used : lengths[row]] = split.ids[start : start + lengths[row] - used]
+            if split.multilabel:
+                labels[row] = np.maximum(labels[row], split.labels[second])
         return padded, lengths, labels
 
 

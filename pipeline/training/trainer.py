@@ -131,8 +131,13 @@ class Setup:
         return config.workers if config.workers is not None else (4 if self.device.type == "cuda" else 0)
 
     @property
+    def epoch_texts(self) -> int:
+        """Texts per epoch: the train split's, and train.join_texts' joined ones."""
+        return len(self.train) + round(self.params.train.join_texts * len(self.train))
+
+    @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(len(self.train) / self.params.train.batch_size)
+        return math.ceil(self.epoch_texts / self.params.train.batch_size)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -191,7 +196,7 @@ class Trainer:
         self.loss_sum, self.loss_count = torch.zeros((), device=setup.device), 0  # summed on the device: no per-step sync
         self.weights = torch.tensor(setup.class_weights, dtype=torch.float32, device=setup.device) if setup.class_weights is not None else None
         self.epoch_batches, self.epoch_ended, self.tick = 0, False, 0.0
-        self.estimate = EpochEstimate(len(setup.train), self.config.max_epochs)
+        self.estimate = EpochEstimate(setup.epoch_texts, self.config.max_epochs)
 
     @property
     def resume_path(self) -> Path:
@@ -264,8 +269,8 @@ class Trainer:
             self.console.end_epoch()
 
     def epoch_texts(self, epoch: int) -> TokenizedSplit | JoinedSplit:
-        """The train split as this epoch sees it: with train.join_texts, some texts joined to a
-        second one, drawn from (seed, epoch) on a generator of their own (0 changes nothing)."""
+        """The train split as this epoch sees it: with train.join_texts, joined texts added,
+        drawn from (seed, epoch) on a generator of their own (0 changes nothing)."""
         share = self.config.join_texts
         if not share:
             return self.setup.train
