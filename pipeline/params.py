@@ -286,9 +286,9 @@ class TrainParams(Section):
     plateau_factor: float = Field(default=0.5, gt=0, le=1)  # schedule plateau: the lr's factor per validation without improvement
     clip_norm: float | None = Field(default=1.0, gt=0)  # gradient clipping; null: off
     label_smoothing: float = Field(default=0.0, ge=0, lt=1)
-    # training only: this share of each epoch's texts get a second text appended, of the same class (label
-    # sets: any, the labels joined), so that the model learns that more text of a class is that class
-    # (texts at test time longer than in training); null: per arch (pipeline/training/recipe.py)
+    # training only: each epoch adds this share (of the train texts) of joined texts, two texts of one class
+    # (label sets: any two, the labels joined), so that the model learns that more text of a class is that
+    # class (texts at test time longer than in training); null: per arch (pipeline/training/recipe.py)
     join_texts: float | None = Field(default=None, ge=0, le=1)
     eval_every: int | None = Field(default=None, ge=1)  # validate every N optimizer steps; null: every epoch
     # validation metric for the best checkpoint and early stopping; auto: accuracy, or for multi-label data

@@ -73,7 +73,7 @@ class JoinedSplit:
     `max_tokens` as tokenize cuts."""
 
     def __init__(self, split: TokenizedSplit, pairs: np.ndarray, max_tokens: int):
-        self.split, self.pairs, self.max_tokens = split, pairs.reshape(-1, 2), max_tokens
+        self.split, self.pairs = split, pairs.reshape(-1, 2)
         joined = split.lengths[self.pairs[:, 0]] + split.lengths[self.pairs[:, 1]]
         self.lengths = np.concatenate([split.lengths, np.minimum(joined, max(max_tokens, 1))])
         self.multilabel = split.multilabel

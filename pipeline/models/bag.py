@@ -16,7 +16,9 @@ from pipeline.params import ModelParams
 NGRAM_PRIME = 1_000_003
 NGRAM_MODULUS = 2**31 - 1
 NGRAM_SCRAMBLE = 48_271
-# pooling auto for label sets: train fits each and keeps the better on validation (neither wins on every data set)
+# pooling auto: mean_max for single-label data; for label sets train fits each of these and keeps
+# the better on validation (neither wins on every data set)
+AUTO_POOLING = "mean_max"
 AUTO_POOLINGS_FOR_LABEL_SETS = ("mean_max", "mean_label_max")
 
 
@@ -50,7 +52,7 @@ class Bag(nn.Module):
         super().__init__()
         self.vocab_size, self.ngram, self.buckets = vocab_size, config.bag.ngram, config.bag.buckets
         # auto is mean_max unless train chose mean_label_max for label sets (pipeline/stages/train.py)
-        pooling = "mean_max" if config.bag.pooling == "auto" else config.bag.pooling
+        pooling = AUTO_POOLING if config.bag.pooling == "auto" else config.bag.pooling
         self.binary, self.pooling, self.min_count = config.bag.binary, pooling, config.bag.min_count
         self.feature_dropout = config.bag.feature_dropout
         rows = vocab_size + (self.buckets if self.ngram > 1 else 0)

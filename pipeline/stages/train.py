@@ -28,7 +28,7 @@ from pipeline.data.tokenized import TokenizedSplit, read_labels, read_vocab_size
 from pipeline.errors import PipelineError, warn
 from pipeline.files import read_json, sha256_of, stage_outputs
 from pipeline.models import build_model, check_fits
-from pipeline.models.bag import AUTO_POOLINGS_FOR_LABEL_SETS
+from pipeline.models.bag import AUTO_POOLING, AUTO_POOLINGS_FOR_LABEL_SETS
 from pipeline.params import Params
 from pipeline.system import available_cores
 from pipeline.training.checkpoint import fingerprint
@@ -83,11 +83,11 @@ def run_train(
                 torch.manual_seed(setup.params.train.seed + world.rank)  # each candidate as if it ran alone
             model = build_model(candidate.params.model, setup.vocab_size, len(setup.labels)).to(device)
             trainers.append(train_one(Trainer(candidate, model, console, live_dir, timing_dir), stop_after_steps))
+        kept = best_run(trainers)
         if len(trainers) > 1:
-            kept = best_run(trainers)
             say(f"train: kept model.bag.pooling {kept.setup.params.model.bag.pooling} (validation {kept.config.monitor}: "
                 + ", ".join(f"{run.setup.params.model.bag.pooling} {run.tracker.best:.4f}" for run in trainers) + ")")
-        return finish(trainers, time.perf_counter() - started, out_dir, report_path, runtime_path)
+        return finish(kept, trainers, time.perf_counter() - started, out_dir, report_path, runtime_path)
 
 
 def train_one(trainer: Trainer, stop_after_steps: int | None) -> Trainer:
@@ -112,7 +112,7 @@ def pooling_candidates(setup: Setup, processed: Path) -> list[Setup]:
     model = setup.params.model
     if model.arch != "bag" or model.bag.pooling != "auto":
         return [setup]
-    choices = AUTO_POOLINGS_FOR_LABEL_SETS if setup.train.multilabel else ("mean_max",)
+    choices = AUTO_POOLINGS_FOR_LABEL_SETS if setup.train.multilabel else (AUTO_POOLING,)
     runs = []
     for pooling in choices:
         params = setup.params.model_copy(update={"model": model.model_copy(update={"bag": model.bag.model_copy(update={"pooling": pooling})})})
@@ -175,11 +175,10 @@ def class_weights(train: TokenizedSplit, classes: int) -> np.ndarray:
     return len(train) / (classes * np.maximum(counts, 1))
 
 
-def finish(trainers: list[Trainer], wall_seconds: float, out_dir: Path, report_path: Path, runtime_path: Path | None) -> dict[str, Any]:
-    """Rank 0 moves the best run's best.pt into the outputs (of several candidates, the one best
-    on validation; its curves replace the others'), writes the reports and removes the resume
-    state; every rank returns the same report, once the outputs are complete."""
-    trainer = best_run(trainers)
+def finish(trainer: Trainer, trainers: list[Trainer], wall_seconds: float, out_dir: Path, report_path: Path, runtime_path: Path | None) -> dict[str, Any]:
+    """Rank 0 moves `trainer`'s best.pt into the outputs (of several candidate `trainers`, the
+    one best on validation; its curves replace the others'), writes the reports and removes the
+    resume state; every rank returns the same report, once the outputs are complete."""
     setup, progress, tracker = trainer.setup, trainer.progress, trainer.tracker
     config, device = setup.params.train, setup.device
     report = {  # what the run learned: numbers that compare across experiments
@@ -221,9 +220,7 @@ def finish(trainers: list[Trainer], wall_seconds: float, out_dir: Path, report_p
             outputs.json(report_path, report)
             if runtime_path is not None:
                 outputs.json(runtime_path, runtime)
-        for run in trainers:
-            remove_resume_dir(run.setup.resume_dir)
-        remove_resume_dir(trainers[0].setup.resume_dir.parent if len(trainers) > 1 else setup.resume_dir)
+        remove_resume_dir(setup.resume_dir.parent if len(trainers) > 1 else setup.resume_dir)  # with the candidates' folders
     setup.world.barrier()  # the outputs are complete before any process reports success
     return {**report, **runtime}
 
@@ -232,8 +229,7 @@ def best_run(trainers: list[Trainer]) -> Trainer:
     """The run whose best validation is the best (the first of equals)."""
     best = trainers[0]
     for run in trainers[1:]:
-        if run.tracker.best is not None and (best.tracker.best is None or (
-                run.tracker.best > best.tracker.best if run.tracker.mode == "max" else run.tracker.best < best.tracker.best)):
+        if run.tracker.better(run.tracker.best, best.tracker.best):
             best = run
     return best
 

@@ -23,11 +23,15 @@ class Tracker:
         """`mode` auto: min for loss, max for the others."""
         return cls(monitor, mode if mode != "auto" else ("min" if monitor == "loss" else "max"), patience, min_delta)
 
+    def better(self, value: float | None, than: float | None, margin: float = 0.0) -> bool:
+        """Whether `value` beats `than` by more than `margin` in this mode (anything beats None)."""
+        if value is None:
+            return False
+        return than is None or (value > than + margin if self.mode == "max" else value < than - margin)
+
     def update(self, value: float, step: int, epoch: float) -> bool:
         """Record a validation; true if it is the best so far."""
-        better = self.best is None or (
-            value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
-        )
+        better = self.better(value, self.best, self.min_delta)
         if better:
             self.best, self.best_step, self.best_epoch, self.bad_validations = value, step, epoch, 0
         else:

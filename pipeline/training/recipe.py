@@ -20,7 +20,7 @@ class TrainDefaults:
     warmup: float  # epochs
     weight_decay: float
     schedule: str
-    join_texts: float = 0.0  # share of training texts with a second one appended (train.join_texts)
+    join_texts: float = 0.0  # joined texts each epoch adds, as a share of the train texts (train.join_texts)
 
 
 # From scratch: the defaults BENCHMARKS.md measured; max_epochs is a cap, early stopping ends
