@@ -212,6 +212,7 @@ class BagParams(Section):
     pooling: Literal["auto", "mean", "mean_max", "mean_label_max"] = "auto"
     min_count: int = Field(default=2, ge=1)  # hashed n-grams in fewer train documents are not used (the baseline's min_df); 1: all
     feature_dropout: float = Field(default=0.0, ge=0, lt=1)  # training only: each token and n-gram of a document is left out with this probability (word dropout)
+    idf: bool = False  # the mean weighs each feature by its inverse document frequency in train (as TF-IDF does)
 
 
 class CnnParams(Section):

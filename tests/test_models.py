@@ -149,6 +149,35 @@ def test_bag_min_count_drops_ngrams_of_a_single_train_document(tmp_path):
     assert keep_all.usable is None
 
 
+def test_bag_idf_weighs_the_mean_by_train_document_frequency(tmp_path):
+    import math
+
+    import numpy as np
+
+    from pipeline.data.tokenized import TokenizedSplit
+    from pipeline.models.masks import masked_mean
+
+    docs = [[5, 6, 7], [5, 6, 8], [5, 9, 7]]  # token 5 in all three documents, 6 and 7 in two, 8 and 9 in one
+    folder = tmp_path / "train"
+    folder.mkdir()
+    np.save(folder / "ids.npy", np.array([i for d in docs for i in d], dtype=np.int32))
+    np.save(folder / "offsets.npy", np.cumsum([0] + [len(d) for d in docs]).astype(np.int64))
+    np.save(folder / "labels.npy", np.zeros(len(docs), dtype=np.int64))
+    model = small_model("bag", bag={"buckets": 1000, "sparse": False, "min_count": 1, "idf": True, "ngram": 1}).eval()
+    assert small_model("bag", bag={"buckets": 1000, "sparse": False}).idf is None  # off by default: no buffer
+    model.fit_to_train(TokenizedSplit(folder))
+    expected = {5: 1.0, 6: math.log(4 / 3) + 1, 8: math.log(2) + 1, 10: math.log(4) + 1}  # 10: in no train document
+    assert {k: round(model.idf[k].item(), 5) for k in expected} == {k: round(v, 5) for k, v in expected.items()}
+    # the mean pooled by forward is the idf-weighted one: a rare token outweighs a common one
+    vectors = model.embedding.weight[[5, 8]].unsqueeze(0)
+    weighted = (vectors[0, 0] * expected[5] + vectors[0, 1] * expected[8]) / (expected[5] + expected[8])
+    assert torch.allclose(masked_mean(vectors, torch.ones(1, 2, dtype=torch.bool), model.idf[[5, 8]].unsqueeze(0))[0], weighted)
+    assert not torch.allclose(masked_mean(vectors, torch.ones(1, 2, dtype=torch.bool))[0], weighted)
+    unweighted = small_model("bag", bag={"buckets": 1000, "sparse": False, "min_count": 1, "ngram": 1}).eval()
+    unweighted.load_state_dict({k: v for k, v in model.state_dict().items() if k != "idf"})
+    assert not torch.allclose(model(*pad([[5, 8]])), unweighted(*pad([[5, 8]])))  # the weights reach the logits
+
+
 def test_model_params_are_validated():
     with pytest.raises(Exception, match="model.arch"):
         parse_params({"model": {"arch": "rnn"}})

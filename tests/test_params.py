@@ -122,6 +122,7 @@ TYPE = [
     ("model.bag.binary", 1, "valid boolean"),
     ("model.bag.min_count", 2.5, "valid integer"),
     ("model.bag.feature_dropout", "some", "valid number"),
+    ("model.bag.idf", "often", "valid boolean"),
     ("model.bag.pooling", ["mean"], "Input should be 'auto', 'mean', 'mean_max' or 'mean_label_max'"),
     ("model.cnn.filters", "100", "valid integer"),
     ("model.cnn.widths", 3, "valid list"),

@@ -68,6 +68,8 @@ class Bag(nn.Module):
         # An n-gram seen in one document only lets the model memorize that document (the baseline's min_df).
         filtered = self.ngram > 1 and self.min_count > 1
         self.register_buffer("usable", torch.ones(rows, dtype=torch.bool) if filtered else None)
+        # idf: each feature weighs log((1 + N) / (1 + df)) + 1 in the mean (scikit-learn's smooth idf, fit_to_train)
+        self.register_buffer("idf", torch.ones(rows) if config.bag.idf else None)
 
     def features(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mask = padding_mask(ids, lengths)
@@ -85,15 +87,20 @@ class Bag(nn.Module):
 
     @torch.no_grad()
     def fit_to_train(self, split: TokenizedSplit, batch_size: int = 512) -> str | None:
-        """Count in how many train documents each hashed n-gram occurs; keep those in min_count or more.
+        """Count in how many train documents each feature occurs: keep the hashed n-grams in min_count or
+        more, and (idf) weigh each feature by its inverse document frequency.
         Returns a line for the log."""
-        if self.usable is None:
+        if self.usable is None and self.idf is None:
             return None
-        documents = torch.zeros(self.usable.numel(), dtype=torch.int64)
+        documents = torch.zeros(self.embedding.num_embeddings, dtype=torch.int64)
         for start in range(0, len(split), batch_size):
             ids, lengths, _ = split.batch(np.arange(start, min(start + batch_size, len(split))))
             features, mask = distinct_per_row(*self.features(torch.from_numpy(ids), torch.from_numpy(lengths)))
             documents += torch.bincount(features[mask], minlength=documents.numel())
+        if self.idf is not None:
+            self.idf.copy_(torch.log((1 + len(split)) / (1 + documents.double())).float() + 1)
+        if self.usable is None:
+            return None
         usable = documents >= self.min_count
         usable[: self.vocab_size] = True
         self.usable.copy_(usable)
@@ -112,7 +119,7 @@ class Bag(nn.Module):
         # masked features (padding, repeats, rare n-grams) read the <pad> row (padding_idx: no gradient), so
         # the sparse gradient has no entry for them: half the time per step on IMDB (fewer entries to coalesce)
         vectors = self.embedding(features.masked_fill(~mask, 0))
-        pooled = masked_mean(vectors, mask)
+        pooled = masked_mean(vectors, mask, None if self.idf is None else self.idf[features])
         if self.label_scores is not None:
             return self.classifier(self.dropout(pooled)) + masked_max(self.label_scores(self.dropout(vectors)), mask)
         if self.pooling == "mean_max":

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over time of (batch, time, dim) where mask is true; zeros for an empty row."""
-    weights = mask.to(values.dtype)
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over time of (batch, time, dim) where mask is true, weighted by (batch, time)
+    weights if given; zeros for an empty row."""
+    weights = mask.to(values.dtype) if weights is None else weights.to(values.dtype) * mask
     # a batched matrix product: no (batch, time, dim) copy of the values, in either direction
-    return torch.bmm(weights.unsqueeze(1), values).squeeze(1) / weights.sum(1, keepdim=True).clamp(min=1.0)
+    return torch.bmm(weights.unsqueeze(1), values).squeeze(1) / weights.sum(1, keepdim=True).clamp(min=torch.finfo(values.dtype).tiny)  # an empty row: 0 / tiny
 
 
 def padding_mask(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
