@@ -303,7 +303,7 @@ VALUE = [
     ("report.examples", -1, "greater than or equal to 0"),
 ]
 # Keys whose only invalid values are of the wrong type.
-NO_INVALID_VALUE = {"download.dedup", "tokenize.lowercase", "tokenize.strip_html", "model.bag.sparse", "model.bag.binary", "train.compile", "train.tensorboard", "baseline.enabled", "export.calibrate"}
+NO_INVALID_VALUE = {"download.dedup", "tokenize.lowercase", "tokenize.strip_html", "model.bag.sparse", "model.bag.binary", "model.bag.idf", "train.compile", "train.tensorboard", "baseline.enabled", "export.calibrate"}
 TRANSFORMER = {"model.arch": "transformer"}
 RULE = [
     ("model.transformer.heads", 3, "must divide model.embed_dim (32) evenly", TRANSFORMER),
