@@ -109,12 +109,10 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     "nojoin": {"train.join_texts": 0.0},
     "bs32": {"train.batch_size": 32},
     # issue 22: unseen words (ag-titles-train: 18-20% of validation and test tokens are <unk>)
-    "unk-skip": {"model.bag.skip_unknown": True},
     "minfreq1": {"tokenize.min_freq": 1},
     "idf": {"model.bag.idf": True},
     "idf-minfreq1": {"model.bag.idf": True, "tokenize.min_freq": 1},
     "minfreq1-min1": {"tokenize.min_freq": 1, "model.bag.min_count": 1},
-    "minfreq1-unk-skip": {"tokenize.min_freq": 1, "model.bag.skip_unknown": True},
     "bs128": {"train.batch_size": 128},
     "md0": {"train.min_delta": 0.0},
     "wd1e-1": {"train.weight_decay": 0.1},
