@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import assert_user_error, needs_shared, invoke, write_params
 
-from pipeline.stages.baseline import C_GRID, run_baseline
+from pipeline.stages.baseline import C_GRID, as_logits, run_baseline
 from pipeline.stages.download import run_download
 from pipeline.params import BaselineParams, parse_params
 
@@ -131,3 +131,12 @@ def test_a_baseline_too_large_for_the_machine_says_so():
     check_memory(4, 500_000, BaselineParams())  # AG News-sized: fine
     with pytest.raises(PipelineError, match="20,000 classes and 20,000 features needs about 80 GB.*baseline.enabled: false"):
         check_memory(20_000, 20_000, BaselineParams())
+
+
+def test_certain_probabilities_give_finite_logits():
+    """scikit-learn's probabilities are float32 for float32 features: 1.0 and 0.0 must not become
+    infinite logits (their cross-entropy would be NaN)."""
+    import numpy as np
+
+    logits = as_logits(np.array([[1.0, 0.0, 0.5]], dtype=np.float32))
+    assert np.isfinite(logits).all() and logits[0, 0] > 20 and logits[0, 1] < -20 and logits[0, 2] == 0

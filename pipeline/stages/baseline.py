@@ -63,8 +63,9 @@ def _fit_scored(c: float):
 
 
 def as_logits(probs: np.ndarray) -> np.ndarray:
-    """Probabilities as the logits whose sigmoid they are (the metrics take logits)."""
-    probs = np.clip(probs, 1e-12, 1 - 1e-12)
+    """Probabilities as the logits whose sigmoid they are (the metrics take logits). In float64:
+    scikit-learn returns float32 for float32 features, where 1 - 1e-12 rounds to 1 (an infinite logit)."""
+    probs = np.clip(probs.astype(np.float64), 1e-12, 1 - 1e-12)
     return np.log(probs) - np.log1p(-probs)
 
 
