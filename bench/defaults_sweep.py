@@ -25,6 +25,7 @@ where 2 threads on 2 busy cores are many times slower).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import sys
@@ -75,13 +76,16 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     # the defaults before issue 11, spelled out so that they stay comparable after the change
     "old": {"train.max_epochs": 5, "train.patience": 2, "train.monitor": "loss", "train.lr": 0.01,
             "train.schedule": "linear", "train.warmup": 0.25, "model.embed_dim": 32, "model.dropout": 0.2,
-            "train.weight_decay": 0.01, "train.min_delta": 0.0, "model.bag.binary": False, "model.bag.pooling": "mean"},
+            "train.weight_decay": 0.01, "train.min_delta": 0.0, "model.bag.binary": False, "model.bag.pooling": "mean",
+            "model.bag.idf": False, "tokenize.min_freq": 2},
     # the first issue-11 defaults: counted features, mean pooling, lr 0.01
-    "prev": {"model.bag.binary": False, "model.bag.pooling": "mean", "train.lr": 0.01},
+    "prev": {"model.bag.binary": False, "model.bag.pooling": "mean", "train.lr": 0.01, "model.bag.idf": False, "tokenize.min_freq": 2},
     # the issue-11 defaults (shipped until issue 22), spelled out: linear decay to 0 at the 30-epoch cap
     "issue11": {"train.lr": 0.005, "train.warmup": 1.5, "train.schedule": "linear", "train.max_epochs": 30,
-                "train.monitor": "accuracy", "model.bag.feature_dropout": 0.0, "train.label_smoothing": 0.0},
-    # issue 22: a schedule that does not depend on the cap, and regularizers against memorizing
+                "train.monitor": "accuracy", "model.bag.feature_dropout": 0.0, "train.label_smoothing": 0.0,
+                "model.bag.idf": False, "tokenize.min_freq": 2},
+    # issue 22: a schedule that does not depend on the cap, and regularizers against memorizing (screened
+    # on top of the defaults of then, before idf and min_freq 1)
     "plateau": {"train.schedule": "plateau"},
     "plateau-w1": {"train.schedule": "plateau", "train.warmup": 1.0},
     "plateau-fd1": {"train.schedule": "plateau", "model.bag.feature_dropout": 0.1},
@@ -109,10 +113,12 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     "nojoin": {"train.join_texts": 0.0},
     "bs32": {"train.batch_size": 32},
     # issue 22: unseen words (ag-titles-train: 18-20% of validation and test tokens are <unk>)
-    "minfreq1": {"tokenize.min_freq": 1},
-    "idf": {"model.bag.idf": True},
+    "minfreq1": {"tokenize.min_freq": 1, "model.bag.idf": False},
+    "idf": {"model.bag.idf": True, "tokenize.min_freq": 2},
     "idf-minfreq1": {"model.bag.idf": True, "tokenize.min_freq": 1},
-    "minfreq1-min1": {"tokenize.min_freq": 1, "model.bag.min_count": 1},
+    # the defaults from the plateau schedule until idf + min_freq 1 (issue 22), spelled out
+    "plateau-noidf": {"model.bag.idf": False, "tokenize.min_freq": 2},
+    "minfreq1-min1": {"tokenize.min_freq": 1, "model.bag.min_count": 1, "model.bag.idf": False},
     "bs128": {"train.batch_size": 128},
     "md0": {"train.min_delta": 0.0},
     "wd1e-1": {"train.weight_decay": 0.1},
@@ -173,7 +179,7 @@ def prepare(name: str, work: Path) -> tuple[Path, dict]:
     tokens = run_tokenize(params.tokenize, folder / "raw", folder / "processed", folder / "tokenize.json", progress=False)
     baseline = run_baseline(params.baseline, params.tokenize.language, folder / "raw", folder / "baseline.json")
     info = {"rows": {split: data[split]["rows"] for split in ("train", "validation", "test")},
-            "vocab": tokens["vocab_size"], "baseline": baseline}
+            "vocab": tokens["vocab_size"], "baseline": baseline, "tokenize": tokenize_settings(params)}
     done.write_text(json.dumps(info))
     return folder, info
 
@@ -253,18 +259,24 @@ def cut_to_short(raw: Path, splits: tuple[str, ...]) -> None:
         write_split(pd.DataFrame(columns), split_path(raw, split))
 
 
-def tokenized(folder: Path, params: Params, tokenize_overrides: dict) -> Path:
-    """The processed folder for these tokenize params: prepare()'s for the defaults, else one
-    tokenized here once per distinct set of tokenize overrides (cached beside it)."""
+def tokenized(folder: Path, params: Params) -> Path:
+    """The processed folder for these tokenize params: prepare()'s if it used the same ones,
+    else one tokenized here once per distinct setting (cached beside it, named by a hash of the
+    settings, so that a cache made under other defaults is never taken for these)."""
     from pipeline.stages.tokenize import run_tokenize
 
-    if not tokenize_overrides:
+    settings = tokenize_settings(params)
+    if json.loads((folder / "prepared.json").read_text()).get("tokenize") == settings:
         return folder / "processed"
-    tag = "-".join(f"{key.split('.', 1)[1]}={value}" for key, value in sorted(tokenize_overrides.items()))
+    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     processed = folder / f"processed-{tag}"
     if not (folder / f"tokenize-{tag}.json").is_file():
         run_tokenize(params.tokenize, folder / "raw", processed, folder / f"tokenize-{tag}.json", progress=False)
     return processed
+
+
+def tokenize_settings(params: Params) -> dict:
+    return params.tokenize.model_dump(exclude={"workers"})  # workers change nothing in the output
 
 
 def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 2) -> dict:
@@ -272,7 +284,7 @@ def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 
     from pipeline.stages.train import run_train
 
     params = override(Params(), {**overrides, "train.seed": seed, "train.threads": threads, "tokenize.workers": 2})
-    processed = tokenized(folder, params, {k: v for k, v in overrides.items() if k.startswith("tokenize.")})
+    processed = tokenized(folder, params)
     run = folder / "run"
     shutil.rmtree(run, ignore_errors=True)
     trained = run_train(params, processed, run / "model", run / "train.json", run / "live", run / "resume", progress=False)

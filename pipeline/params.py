@@ -195,7 +195,7 @@ class TokenizeParams(Section):
     strip_html: bool = True  # replace HTML tags such as IMDB's <br /> with a space
     max_tokens: int | None = Field(default=None, ge=1)  # longer documents are truncated; null: 1000 (spaCy), the model's limit (pretrained, 512 for BERT)
     truncation: Literal["head", "head_tail"] = "head"  # head: keep the first max_tokens; head_tail: the first quarter and the last three quarters
-    min_freq: int = Field(default=2, ge=1)  # rarer train tokens become <unk>
+    min_freq: int = Field(default=1, ge=1)  # rarer train tokens become <unk> (1: every train token, up to max_vocab)
     max_vocab: int | None = Field(default=50_000, ge=3, le=INT32_MAX)  # including <pad> and <unk>
     workers: int | None = Field(default=None, ge=1)  # None: every core (spaCy: at most one per 2,000 texts)
     batch_size: int = Field(default=256, ge=1)  # documents per worker task
@@ -212,7 +212,7 @@ class BagParams(Section):
     pooling: Literal["auto", "mean", "mean_max", "mean_label_max"] = "auto"
     min_count: int = Field(default=2, ge=1)  # hashed n-grams in fewer train documents are not used (the baseline's min_df); 1: all
     feature_dropout: float = Field(default=0.0, ge=0, lt=1)  # training only: each token and n-gram of a document is left out with this probability (word dropout)
-    idf: bool = False  # the mean weighs each feature by its inverse document frequency in train (as TF-IDF does)
+    idf: bool = True  # the mean weighs each feature by its inverse document frequency in train (as TF-IDF does)
 
 
 class CnnParams(Section):

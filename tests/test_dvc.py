@@ -139,14 +139,14 @@ def test_repro_experiments_and_diffs(reproduced):
     # those stages stale and no other
     assert stale_after(project, "train", "lr", 0.002) == ["report", "train"]
     assert stale_after(project, "export", "latency_runs", 12) == ["export", "report"]
-    assert stale_after(project, "tokenize", "min_freq", 1) == ["report", "tokenize"]
+    assert stale_after(project, "tokenize", "min_freq", 2) == ["report", "tokenize"]
     assert stale_after(project, "baseline", "min_df", 3) == ["baseline", "report"]
     # a tokenize and a train param rerun tokenize and every stage after it, not download or the baseline;
     # exp show holds the experiment's params and metrics
-    output = sh("dvc", "exp", "run", "-n", "lr-002", "-S", "train.lr=0.002", "-S", "tokenize.min_freq=1", cwd=project)
+    output = sh("dvc", "exp", "run", "-n", "lr-002", "-S", "train.lr=0.002", "-S", "tokenize.min_freq=2", cwd=project)
     assert ran(output) == ["evaluate", "export", "report", "tokenize", "train"]
     shown = experiments(project)["lr-002"]
-    assert shown["params"]["train"]["lr"] == 0.002 and shown["params"]["tokenize"]["min_freq"] == 1
+    assert shown["params"]["train"]["lr"] == 0.002 and shown["params"]["tokenize"]["min_freq"] == 2
     metrics = shown["metrics"]
     assert set(metrics) == {f"reports/metrics/{stage}.json" for stage in ("evaluate", "export", "baseline")}
     assert set(metrics["reports/metrics/evaluate.json"]) == {"accuracy", "macro_f1", "ece"}  # the headline: few figures
@@ -165,7 +165,7 @@ def test_repro_experiments_and_diffs(reproduced):
     assert "samples_per_second" in timings
 
     # two commits: params diff and metrics diff show what changed between them
-    commit_run(project, "lr 0.002, min_freq 1")
+    commit_run(project, "lr 0.002, min_freq 2")
     params_diff = sh("dvc", "params", "diff", "HEAD~1", "HEAD", cwd=project)
     assert "train.lr" in params_diff and "0.002" in params_diff and "tokenize.min_freq" in params_diff
     metrics_diff = sh("dvc", "metrics", "diff", "HEAD~1", "HEAD", "--all", cwd=project)

@@ -164,7 +164,7 @@ def test_bag_idf_weighs_the_mean_by_train_document_frequency(tmp_path):
     np.save(folder / "offsets.npy", np.cumsum([0] + [len(d) for d in docs]).astype(np.int64))
     np.save(folder / "labels.npy", np.zeros(len(docs), dtype=np.int64))
     model = small_model("bag", bag={"buckets": 1000, "sparse": False, "min_count": 1, "idf": True, "ngram": 1}).eval()
-    assert small_model("bag", bag={"buckets": 1000, "sparse": False}).idf is None  # off by default: no buffer
+    assert small_model("bag", bag={"buckets": 1000, "sparse": False, "idf": False}).idf is None  # off: no buffer
     model.fit_to_train(TokenizedSplit(folder))
     expected = {5: 1.0, 6: math.log(4 / 3) + 1, 8: math.log(2) + 1, 10: math.log(4) + 1}  # 10: in no train document
     assert {k: round(model.idf[k].item(), 5) for k in expected} == {k: round(v, 5) for k, v in expected.items()}
@@ -173,7 +173,7 @@ def test_bag_idf_weighs_the_mean_by_train_document_frequency(tmp_path):
     weighted = (vectors[0, 0] * expected[5] + vectors[0, 1] * expected[8]) / (expected[5] + expected[8])
     assert torch.allclose(masked_mean(vectors, torch.ones(1, 2, dtype=torch.bool), model.idf[[5, 8]].unsqueeze(0))[0], weighted)
     assert not torch.allclose(masked_mean(vectors, torch.ones(1, 2, dtype=torch.bool))[0], weighted)
-    unweighted = small_model("bag", bag={"buckets": 1000, "sparse": False, "min_count": 1, "ngram": 1}).eval()
+    unweighted = small_model("bag", bag={"buckets": 1000, "sparse": False, "min_count": 1, "ngram": 1, "idf": False}).eval()
     unweighted.load_state_dict({k: v for k, v in model.state_dict().items() if k != "idf"})
     assert not torch.allclose(model(*pad([[5, 8]])), unweighted(*pad([[5, 8]])))  # the weights reach the logits
 
