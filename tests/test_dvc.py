@@ -259,7 +259,7 @@ def test_exp_run_trains_in_two_processes(reproduced):
     assert len(rows) == 1 + 2  # one row per epoch, written once
     assert yaml.safe_load((project / "params.yaml").read_text())["train"]["devices"] == 2
     report = json.loads((project / "reports" / "train.json").read_text())
-    assert 0 <= report["best_validation"] < 1 and report["epochs"] == 2  # the validation loss
+    assert 0 <= report["best_validation"] <= 1 and report["epochs"] == 2  # validation accuracy
     assert "ddp" in sh("dvc", "exp", "show", "--csv", cwd=project)
     assert not (project / "models" / ".train-resume").exists()
 

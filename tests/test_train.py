@@ -90,7 +90,8 @@ def test_report_and_curves(processed, tmp_path):
         assert key in saved, key
     for key in ("wall_seconds", "samples_per_second", "device", "precision", "peak_memory_mb", "arch"):
         assert key in runtime and key not in saved, key
-    assert saved["parameters"] == sum(t.numel() for t in load_checkpoint(tmp_path / "models" / "best.pt")["model"].values() if t.is_floating_point())  # buffers (bag's usable rows) are no parameters
+    weights = load_checkpoint(tmp_path / "models" / "best.pt")["model"]
+    assert saved["parameters"] == sum(t.numel() for name, t in weights.items() if name != "idf" and t.is_floating_point())  # buffers (bag's usable rows, idf weights) are no parameters
     plots = tmp_path / "live" / "plots" / "metrics"
     for path in [plots / f"{name}.tsv" for name in ("train/loss", "validation/loss", "validation/accuracy", "validation/macro_f1", "lr")] + [
         tmp_path / "runtime" / "samples_per_second.tsv"  # a timing: beside runtime.json, out of the curves that compare across runs
