@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.params import Params  # noqa: E402
+from pipeline.params import Params, min_freq_for  # noqa: E402
 
 # The stages are imported where they run: tokenize's worker processes re-import this script
 # and must not load torch.
@@ -118,6 +118,9 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     "idf-minfreq1": {"model.bag.idf": True, "tokenize.min_freq": 1},
     # the defaults from the plateau schedule until idf + min_freq 1 (issue 22), spelled out
     "plateau-noidf": {"model.bag.idf": False, "tokenize.min_freq": 2},
+    # tokenize.min_freq for the other architectures (null: 2 for them; 1 is bag's)
+    "cnn": {"model.arch": "cnn"},
+    "cnn-minfreq1": {"model.arch": "cnn", "tokenize.min_freq": 1},
     "minfreq1-min1": {"tokenize.min_freq": 1, "model.bag.min_count": 1, "model.bag.idf": False},
     "bs128": {"train.batch_size": 128},
     "md0": {"train.min_delta": 0.0},
@@ -271,12 +274,13 @@ def tokenized(folder: Path, params: Params) -> Path:
     tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     processed = folder / f"processed-{tag}"
     if not (folder / f"tokenize-{tag}.json").is_file():
-        run_tokenize(params.tokenize, folder / "raw", processed, folder / f"tokenize-{tag}.json", progress=False)
+        run_tokenize(params.tokenize, folder / "raw", processed, folder / f"tokenize-{tag}.json", progress=False, arch=params.model.arch)
     return processed
 
 
 def tokenize_settings(params: Params) -> dict:
-    return params.tokenize.model_dump(exclude={"workers"})  # workers change nothing in the output
+    # workers change nothing in the output; a null min_freq is the architecture's
+    return {**params.tokenize.model_dump(exclude={"workers"}), "min_freq": min_freq_for(params.tokenize, params.model.arch)}
 
 
 def train_and_evaluate(folder: Path, overrides: dict, seed: int, threads: int = 2) -> dict:

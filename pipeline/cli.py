@@ -109,7 +109,7 @@ def tokenize(
 
         config = load_params(params)
         pretrained = config.model.pretrained if config.model.arch == "pretrained" else None
-        result = run_tokenize(config.tokenize, raw, out, report, runtime_path=runtime, pretrained=pretrained)
+        result = run_tokenize(config.tokenize, raw, out, report, runtime_path=runtime, pretrained=pretrained, arch=config.model.arch)
         typer.echo(
             f"tokenize: {result['documents']:,} documents, {result['tokens']:,} tokens, vocab {result['vocab_size']:,}, "
             f"{result['tokens_per_second']:,} tokens/s on {result['workers']} worker{'s' if result['workers'] > 1 else ''} ({result['tokenizer']}) -> {out}"

@@ -195,10 +195,25 @@ class TokenizeParams(Section):
     strip_html: bool = True  # replace HTML tags such as IMDB's <br /> with a space
     max_tokens: int | None = Field(default=None, ge=1)  # longer documents are truncated; null: 1000 (spaCy), the model's limit (pretrained, 512 for BERT)
     truncation: Literal["head", "head_tail"] = "head"  # head: keep the first max_tokens; head_tail: the first quarter and the last three quarters
-    min_freq: int = Field(default=1, ge=1)  # rarer train tokens become <unk> (1: every train token, up to max_vocab)
+    min_freq: int | None = Field(default=None, ge=1)  # rarer train tokens become <unk>; null: the architecture's (ARCH_MIN_FREQ)
     max_vocab: int | None = Field(default=50_000, ge=3, le=INT32_MAX)  # including <pad> and <unk>
     workers: int | None = Field(default=None, ge=1)  # None: every core (spaCy: at most one per 2,000 texts)
     batch_size: int = Field(default=256, ge=1)  # documents per worker task
+
+
+# tokenize.min_freq null: `bag` keeps every train token (up to max_vocab), since a word of one train
+# text is still a feature of its own (and the n-grams it starts), where as <unk> it would join every
+# other rare word; `cnn`, `lstm` and `transformer` learn a dense embedding per token, and there a
+# token of one train text memorizes it and leaves <unk> untrained for the test's unseen words
+# (TextCNN, min_freq 1 against 2, seeds 0-1: AG News titles -5.2 points, IMDB 2k -6.4, AG News 2k -1.2;
+# BENCHMARKS.md, issue 22)
+ARCH_MIN_FREQ = {"bag": 1}
+OTHER_ARCH_MIN_FREQ = 2
+
+
+def min_freq_for(tokenize: TokenizeParams, arch: str) -> int:
+    """tokenize.min_freq as it runs: the param, or for null the architecture's."""
+    return tokenize.min_freq if tokenize.min_freq is not None else ARCH_MIN_FREQ.get(arch, OTHER_ARCH_MIN_FREQ)
 
 
 class BagParams(Section):

@@ -93,6 +93,17 @@ def test_vocab_is_train_only_ordered_and_counted(tmp_path, raw):
     assert dict(vocab)["number"] == 61 - 1  # every train row but the HTML one
 
 
+def test_a_null_min_freq_is_the_architectures(tmp_path, raw):
+    """bag keeps every train token; the dense-embedding architectures turn tokens of one count into <unk>."""
+    bag = run_tokenize(TokenizeParams(workers=1), raw, tmp_path / "bag", tmp_path / "bag.json", progress=False)
+    cnn = run_tokenize(TokenizeParams(workers=1), raw, tmp_path / "cnn", tmp_path / "cnn.json", progress=False, arch="cnn")
+    assert "rare" in {t for t, _ in vocab_of(tmp_path / "bag")} and "rare" not in {t for t, _ in vocab_of(tmp_path / "cnn")}
+    assert bag["vocab_size"] == tokenize(tmp_path, raw, name="one", min_freq=1, workers=1)[0]["vocab_size"] > cnn["vocab_size"]
+    assert cnn["vocab_size"] == tokenize(tmp_path, raw, name="two", min_freq=2, workers=1)[0]["vocab_size"]
+    # an explicit value is every architecture's
+    assert run_tokenize(TokenizeParams(workers=1, min_freq=1), raw, tmp_path / "c1", tmp_path / "c1.json", progress=False, arch="cnn")["vocab_size"] == bag["vocab_size"]
+
+
 def test_min_freq_max_vocab_and_oov(tmp_path, raw):
     report, out = tokenize(tmp_path, raw, min_freq=2, workers=1)
     words = {t for t, _ in vocab_of(out)}
@@ -155,6 +166,14 @@ def test_missing_raw_data_is_a_clear_error(tmp_path):
     result = invoke("tokenize", cwd=tmp_path)
     assert_user_error(result, "data/raw/train.parquet not found", "download")
     assert not (tmp_path / "data" / "processed").exists()
+
+
+def test_the_tokenize_command_takes_a_null_min_freq_from_model_arch(tmp_path, raw):
+    for arch, has_rare in (("bag", True), ("cnn", False)):
+        write_params(tmp_path, tokenize={"workers": 1}, model={"arch": arch})
+        out = tmp_path / arch
+        assert invoke("tokenize", "--raw", str(raw), "--out", str(out), "--report", str(tmp_path / f"{arch}.json"), cwd=tmp_path).returncode == 0
+        assert ("rare" in {t for t, _ in vocab_of(out)}) == has_rare, arch
 
 
 @pytest.mark.parametrize("language", ["xx-nope", "klingon"])

@@ -23,7 +23,7 @@ from pipeline.data.splitting import check_labels_known, flat
 from pipeline.data.tokenized import encode_labels, write_ids, write_vocab
 from pipeline.errors import PipelineError
 from pipeline.files import stage_outputs, write_json
-from pipeline.params import PretrainedParams, TokenizeParams, short_repr
+from pipeline.params import PretrainedParams, TokenizeParams, min_freq_for, short_repr
 from pipeline.paths import PROCESSED_DIR, RAW_DIR, TOKENIZE_REPORT
 from pipeline.system import available_cores, workers_for
 from pipeline.text.settings import PAD, UNK, UNK_ID, TextSettings, spacy_settings
@@ -43,9 +43,11 @@ def run_tokenize(
     progress: bool | None = None,
     runtime_path: Path | None = None,
     pretrained: PretrainedParams | None = None,
+    arch: str = "bag",
 ) -> dict:
     """Tokenize every split, build the vocabulary from train, and write ids, vocab and labels:
     with spaCy, or with `pretrained`'s own tokenizer when given (`model.arch` pretrained).
+    `arch` (`model.arch`) decides a null `min_freq`.
     Returns the report and the runtime numbers together; writes the runtime too if given a path."""
     if pretrained is None:
         settings, subwords = spacy_settings(params), None
@@ -68,7 +70,7 @@ def run_tokenize(
     with stage_outputs() as outputs:
         staging = outputs.folder(out_dir)
         if subwords is None:
-            tokens = spacy_tokens(params, settings, raw_dir, staging, workers, bar)
+            tokens = spacy_tokens(params, min_freq_for(params, arch), settings, raw_dir, staging, workers, bar)
         else:
             tokens = subword_tokens(params, subwords, raw_dir, staging, workers, bar)
         for split in SPLITS:
@@ -167,16 +169,18 @@ def _hashed(pool: Workers, raw_dir: Path, split: str, batch_size: int, vocabular
         yield hashes, lengths
 
 
-def spacy_tokens(params: TokenizeParams, settings: TextSettings, raw_dir: Path, staging: Path, workers: int, bar: Callable) -> Tokens:
+def spacy_tokens(
+    params: TokenizeParams, min_freq: int, settings: TextSettings, raw_dir: Path, staging: Path, workers: int, bar: Callable
+) -> Tokens:
     """spaCy in `workers` processes: hashes per split, the vocabulary from train's counts, then ids."""
     started = time.perf_counter()
     vocabulary = TrainVocabulary()
     with Workers(settings, workers, _hash_texts) as pool:  # closed before the remap, which needs no workers
         lengths = token_files(staging, lambda split: _hashed(pool, raw_dir, split, params.batch_size, vocabulary), bar, np.uint64)
     seconds = time.perf_counter() - started
-    vocab = build_vocab(vocabulary, params.min_freq, params.max_vocab)
+    vocab = build_vocab(vocabulary, min_freq, params.max_vocab)
     if not vocab["tokens"]:  # raised inside stage_outputs: nothing is written
-        raise PipelineError(empty_vocab_message(vocabulary, params.min_freq))
+        raise PipelineError(empty_vocab_message(vocabulary, min_freq))
     lookup = HashLookup(np.array([0, 0, *vocab["hashes"]], dtype=np.uint64))
     kept, unknown = ids_from_token_files(staging, lengths, settings.max_tokens, lookup.ids, UNK_ID, np.uint64)
     write_vocab(staging / "vocab.json", [PAD, UNK, *vocab["tokens"]], [0, unknown["train"], *vocab["counts"]])
