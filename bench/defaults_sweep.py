@@ -121,6 +121,8 @@ CONFIGS: dict[str, dict] = {  # dotted overrides on top of Params(), the default
     # tokenize.min_freq for the other architectures (null: 2 for them; 1 is bag's)
     "cnn": {"model.arch": "cnn"},
     "cnn-minfreq1": {"model.arch": "cnn", "tokenize.min_freq": 1},
+    "lstm": {"model.arch": "lstm"},
+    "lstm-minfreq1": {"model.arch": "lstm", "tokenize.min_freq": 1},
     "minfreq1-min1": {"tokenize.min_freq": 1, "model.bag.min_count": 1, "model.bag.idf": False},
     "bs128": {"train.batch_size": 128},
     "md0": {"train.min_delta": 0.0},
