@@ -27,9 +27,9 @@ def raw(tmp_path: Path) -> Path:
     return tmp_path / "raw"
 
 
-def tokenize(tmp_path: Path, raw: Path, name: str = "processed", **params) -> tuple[dict, Path]:
+def tokenize(tmp_path: Path, raw: Path, name: str = "processed", arch: str = "bag", **params) -> tuple[dict, Path]:
     out = tmp_path / name
-    report = run_tokenize(TokenizeParams(**params), raw, out, tmp_path / f"{name}.json", progress=False)
+    report = run_tokenize(TokenizeParams(**params), raw, out, tmp_path / f"{name}.json", progress=False, arch=arch)
     return report, out
 
 
@@ -95,13 +95,13 @@ def test_vocab_is_train_only_ordered_and_counted(tmp_path, raw):
 
 def test_a_null_min_freq_is_the_architectures(tmp_path, raw):
     """bag keeps every train token; the dense-embedding architectures turn tokens of one count into <unk>."""
-    bag = run_tokenize(TokenizeParams(workers=1), raw, tmp_path / "bag", tmp_path / "bag.json", progress=False)
-    cnn = run_tokenize(TokenizeParams(workers=1), raw, tmp_path / "cnn", tmp_path / "cnn.json", progress=False, arch="cnn")
-    assert "rare" in {t for t, _ in vocab_of(tmp_path / "bag")} and "rare" not in {t for t, _ in vocab_of(tmp_path / "cnn")}
+    bag, bag_out = tokenize(tmp_path, raw, name="bag", workers=1)
+    cnn, cnn_out = tokenize(tmp_path, raw, name="cnn", arch="cnn", workers=1)
+    assert "rare" in {t for t, _ in vocab_of(bag_out)} and "rare" not in {t for t, _ in vocab_of(cnn_out)}
     assert bag["vocab_size"] == tokenize(tmp_path, raw, name="one", min_freq=1, workers=1)[0]["vocab_size"] > cnn["vocab_size"]
     assert cnn["vocab_size"] == tokenize(tmp_path, raw, name="two", min_freq=2, workers=1)[0]["vocab_size"]
     # an explicit value is every architecture's
-    assert run_tokenize(TokenizeParams(workers=1, min_freq=1), raw, tmp_path / "c1", tmp_path / "c1.json", progress=False, arch="cnn")["vocab_size"] == bag["vocab_size"]
+    assert tokenize(tmp_path, raw, name="c1", arch="cnn", min_freq=1, workers=1)[0]["vocab_size"] == bag["vocab_size"]
 
 
 def test_min_freq_max_vocab_and_oov(tmp_path, raw):
